@@ -1,0 +1,195 @@
+// mla-decode: Multi-head Latent Attention decode against a paged latent KV cache.
+//
+// Plain C++17; no CUDA, framework or third-party headers. Every call returns a Status and
+// never throws. Every tensor is described by a TensorView (pointer, dtype, shape, strides in
+// elements, device); the library never allocates the caller's tensors.
+//
+// The full-write contract: one decode() call writes every element of `out` (and of `lse` when
+// given), whatever the inputs, and nothing else. Callers may pass uninitialised memory.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <initializer_list>
+#include <string>
+#include <utility>
+
+namespace mla {
+
+/// Width of one cached latent token and of each query row: 512 "nope" + 64 RoPE values.
+inline constexpr int kHeadDimQK = 576;
+/// Width of the value (the first 512 entries of the cached latent) and of each output row.
+inline constexpr int kHeadDimV = 512;
+/// Width of the RoPE part (entries 512..575).
+inline constexpr int kHeadDimRope = kHeadDimQK - kHeadDimV;
+/// Largest number of query heads a call accepts.
+inline constexpr int kMaxHeadsQ = 128;
+/// Largest number of query tokens per request (s_q) a call accepts.
+inline constexpr int kMaxSeqQ = 16;
+/// Largest page size (tokens per KV page); every power of two from 1 to this is accepted.
+inline constexpr int kMaxPageSize = 256;
+
+/// Element types. Values match nothing external; use the names.
+enum class DType : int32_t { kBFloat16, kFloat16, kFloat32, kInt32, kInt64 };
+
+/// "bfloat16", "float16", "float32", "int32", "int64".
+const char* dtype_name(DType dtype);
+/// Bytes per element.
+size_t dtype_size(DType dtype);
+
+/// Where a tensor lives. The numeric values are DLPack's device codes.
+enum class DeviceType : int32_t { kCPU = 1, kCUDA = 2 };
+
+struct Device {
+  DeviceType type = DeviceType::kCPU;
+  int index = 0;  ///< CUDA device ordinal; 0 for the CPU.
+};
+
+inline constexpr int kMaxDims = 4;
+
+/// A non-owning view of a strided tensor. `ndim == 0` means "absent" (for optional arguments).
+struct TensorView {
+  void* data = nullptr;
+  DType dtype = DType::kFloat32;
+  int ndim = 0;
+  int64_t shape[kMaxDims] = {0, 0, 0, 0};
+  int64_t strides[kMaxDims] = {0, 0, 0, 0};  ///< In elements, not bytes.
+  Device device{};
+
+  bool present() const { return ndim > 0; }
+  int64_t numel() const;
+};
+
+/// A densely packed (row-major) view of `data` with the given shape (1 to 4 dimensions).
+TensorView make_tensor(void* data, DType dtype, std::initializer_list<int64_t> shape,
+                       Device device = {});
+/// The same with explicit strides, in elements.
+TensorView make_tensor(void* data, DType dtype, std::initializer_list<int64_t> shape,
+                       std::initializer_list<int64_t> strides, Device device = {});
+
+enum class StatusCode : int32_t {
+  kOk = 0,
+  kInvalidArgument,  ///< A host-checkable argument is wrong; nothing was launched or written.
+  kUnsupported,      ///< A valid request this build or device cannot serve; nothing was written.
+  kDataError,        ///< seq_lens / block_table / slot_mapping contents are out of range.
+  kCudaError,        ///< The CUDA runtime reported an error.
+  kInternal,         ///< A bug in mla-decode; please report it.
+};
+
+/// The outcome of a call: a code plus a message that names the argument and the offending value.
+class Status {
+ public:
+  Status() = default;
+  Status(StatusCode code, std::string message) : code_(code), message_(std::move(message)) {}
+
+  bool ok() const { return code_ == StatusCode::kOk; }
+  StatusCode code() const { return code_; }
+  const std::string& message() const { return message_; }
+
+ private:
+  StatusCode code_ = StatusCode::kOk;
+  std::string message_;
+};
+
+/// Decode arguments. Shapes use batch B, query tokens per request S (s_q), query heads H (h_q).
+///
+/// Semantics (natural-log LSE): for request b, query token s, head h, with L = seq_lens[b],
+///   visible = causal ? L - (S - 1 - s) : L        (keys [0, visible))
+///   logits[j] = softmax_scale * dot(q[b,s,h,0:576], K[b,j,0:576])
+///   out[b,s,h,:] = softmax(logits) @ K[b,0:visible,0:512];  lse[b,s,h] = ln(sum_j exp(logits[j]))
+/// where K[b,j] is row j % page_size of page block_table[b, j / page_size].
+/// Empty rows (visible <= 0, e.g. seq_lens[b] == 0 for CUDA-graph padding): out = 0, lse = -inf.
+struct DecodeParams {
+  TensorView q;            ///< [B, S, H, 576] bf16/fp16; or q_nope [B, S, H, 512] when q_pe is set.
+  TensorView q_pe;         ///< Optional [B, S, H, 64], same dtype as q.
+  TensorView kv_cache;     ///< [num_pages, page_size, 576], same dtype as q.
+  TensorView block_table;  ///< [B, max_pages_per_seq] int32.
+  TensorView seq_lens;     ///< [B] int32: cached tokens per request, the newest S of them are
+                           ///< the tokens being decoded (when causal).
+  TensorView out;          ///< [B, S, H, 512], same dtype as q. Written in full.
+  TensorView lse;          ///< Optional [B, S, H] fp32 (any strides, so a [B, H, S] buffer
+                           ///< works through a permuted view). Written in full when present.
+  float softmax_scale = 0.0f;  ///< Usually 1/sqrt(192) for DeepSeek; must be finite and > 0.
+  bool causal = false;         ///< Apply the causal rule among the S query tokens.
+};
+
+/// Shapes that decide the workspace size (never the sequence lengths).
+struct DecodeShape {
+  int64_t batch = 0;
+  int64_t s_q = 1;
+  int64_t h_q = 0;
+};
+
+/// Scratch memory for one decode step: split-KV partials, the schedule and error flags.
+/// On the device of the call. Its contents before a call never influence results.
+struct Workspace {
+  void* data = nullptr;
+  size_t bytes = 0;
+};
+
+/// How to run a call.
+struct ExecConfig {
+  /// CUDA: the cudaStream_t to launch on (nullptr = legacy default stream).
+  void* stream = nullptr;
+  /// CPU: worker threads (0 = all hardware threads). Must be the same for workspace_size().
+  int num_threads = 0;
+  /// CPU: run the straightforward double-precision reference instead of the fast path.
+  bool reference = false;
+};
+
+/// Bytes of workspace decode() needs on `device` for these shapes. Depends on shapes, the
+/// device's SM count and (CPU) config.num_threads only, so an engine allocates it once.
+Status workspace_size(const DecodeShape& shape, Device device, const ExecConfig& config,
+                      size_t* bytes);
+
+/// Computes the split-KV schedule of one step from params.seq_lens into the workspace (on the
+/// device, no host synchronisation) and clears the workspace's error flags. The schedule depends
+/// on seq_lens and shapes only, so every layer of a step can share it through decode_planned().
+Status plan(const DecodeParams& params, Workspace workspace, const ExecConfig& config);
+
+/// Decode using the schedule that the last plan() on this workspace computed. seq_lens and the
+/// shapes must be those plan() saw.
+Status decode_planned(const DecodeParams& params, Workspace workspace, const ExecConfig& config);
+
+/// plan() followed by decode_planned().
+Status decode(const DecodeParams& params, Workspace workspace, const ExecConfig& config);
+
+/// Reports data errors that the device found since the last plan() on this workspace (negative
+/// seq_len, seq_len beyond the block table, page id outside the cache): kDataError naming the
+/// first bad request, else OK. Rows of a bad request were written as NaN. Synchronises
+/// config.stream on CUDA. On the CPU, decode() rejects bad data up front and this returns OK.
+Status check_data_errors(Workspace workspace, Device device, const ExecConfig& config);
+
+/// Scatter new tokens into the paged cache: kv_cache[slot / page_size, slot % page_size] =
+/// concat(kv_c[t], k_pe[t]) for slot = slot_mapping[t] >= 0; slot == -1 is padding and skipped.
+struct KvCacheWriteParams {
+  TensorView kv_c;          ///< [T, 512]
+  TensorView k_pe;          ///< [T, 64]
+  TensorView slot_mapping;  ///< [T] int64
+  TensorView kv_cache;      ///< [num_pages, page_size, 576], same dtype as kv_c and k_pe.
+};
+
+/// CPU: slots outside [-1, num_pages * page_size) are rejected before anything is written.
+/// CUDA: such slots are skipped (never written out of bounds).
+Status write_kv_cache(const KvCacheWriteParams& params, const ExecConfig& config);
+
+/// Merge two partial attention results over disjoint key sets by their LSEs (natural log):
+///   lse = ln(exp(lse_a) + exp(lse_b)), out = (exp(lse_a - lse) out_a + exp(lse_b - lse) out_b).
+/// -inf marks an empty part: it contributes nothing; both empty gives out = 0, lse = -inf.
+struct MergeParams {
+  TensorView out_a;  ///< [T, H, D] bf16/fp16/fp32
+  TensorView lse_a;  ///< [T, H] fp32, any strides
+  TensorView out_b;  ///< [T, H, D], same dtype as out_a
+  TensorView lse_b;  ///< [T, H] fp32
+  TensorView out;    ///< [T, H, D], same dtype as out_a. Written in full.
+  TensorView lse;    ///< Optional [T, H] fp32. Written in full when present.
+};
+
+Status merge_states(const MergeParams& params, const ExecConfig& config);
+
+/// Whether this build has the CUDA backend compiled in.
+bool cuda_available_in_build();
+/// Number of CUDA devices usable now (0 without a driver, a device or the CUDA backend).
+int cuda_device_count();
+
+}  // namespace mla

@@ -1,0 +1,490 @@
+#include "core/validate.h"
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <sstream>
+#include <string>
+#include <vector>
+
+namespace mla::detail {
+namespace {
+
+// Builds "fn: argument 'name': <message>".
+template <typename... Args>
+Status error(StatusCode code, const char* fn, const char* arg, const Args&... parts) {
+  std::ostringstream os;
+  os << fn << ": argument '" << arg << "': ";
+  (os << ... << parts);
+  return Status(code, os.str());
+}
+
+template <typename... Args>
+Status invalid(const char* fn, const char* arg, const Args&... parts) {
+  return error(StatusCode::kInvalidArgument, fn, arg, parts...);
+}
+
+std::string shape_string(const TensorView& t) {
+  std::ostringstream os;
+  os << '[';
+  for (int i = 0; i < t.ndim; ++i) os << (i ? ", " : "") << t.shape[i];
+  os << ']';
+  return os.str();
+}
+
+std::string device_string(Device d) {
+  return d.type == DeviceType::kCPU ? std::string("cpu") : "cuda:" + std::to_string(d.index);
+}
+
+bool same_device(Device a, Device b) {
+  return a.type == b.type && (a.type == DeviceType::kCPU || a.index == b.index);
+}
+
+// Expected extent of each dimension; -1 accepts any non-negative extent.
+struct Expect {
+  const char* layout;  // for messages, e.g. "[batch, s_q, h_q, 576]"
+  int ndim;
+  int64_t shape[kMaxDims];
+};
+
+// Generic structural checks shared by every tensor argument.
+Status check_tensor(const char* fn, const char* name, const TensorView& t, const Expect& e,
+                    Device device) {
+  if (!t.present()) return invalid(fn, name, "is required but absent (ndim == 0)");
+  if (t.ndim != e.ndim) {
+    return invalid(fn, name, "expected ", e.ndim, " dimensions ", e.layout, ", got ", t.ndim,
+                   " with shape ", shape_string(t));
+  }
+  for (int i = 0; i < t.ndim; ++i) {
+    if (t.shape[i] < 0) {
+      return invalid(fn, name, "negative extent ", t.shape[i], " in dimension ", i);
+    }
+    if (e.shape[i] >= 0 && t.shape[i] != e.shape[i]) {
+      return invalid(fn, name, "expected shape ", e.layout, ", got ", shape_string(t),
+                     " (dimension ", i, " must be ", e.shape[i], ")");
+    }
+    if (t.strides[i] < 0) {
+      return invalid(fn, name, "negative stride ", t.strides[i], " in dimension ", i);
+    }
+  }
+  if (!same_device(t.device, device)) {
+    return invalid(fn, name, "is on ", device_string(t.device), " but the call runs on ",
+                   device_string(device));
+  }
+  if (t.numel() > 0) {
+    if (t.data == nullptr) return invalid(fn, name, "data pointer is null");
+    if (t.strides[t.ndim - 1] != 1 && t.shape[t.ndim - 1] > 1) {
+      return invalid(fn, name, "last dimension must be contiguous (stride 1), got stride ",
+                     t.strides[t.ndim - 1]);
+    }
+    if (reinterpret_cast<uintptr_t>(t.data) % dtype_size(t.dtype) != 0) {
+      return invalid(fn, name, "data pointer ", t.data, " is not aligned to its element size ",
+                     dtype_size(t.dtype));
+    }
+  }
+  return Status();
+}
+
+Status check_dtype(const char* fn, const char* name, const TensorView& t,
+                   std::initializer_list<DType> allowed) {
+  for (DType d : allowed) {
+    if (t.dtype == d) return Status();
+  }
+  std::ostringstream os;
+  for (DType d : allowed) os << (os.tellp() > 0 ? " or " : "") << dtype_name(d);
+  return invalid(fn, name, "expected dtype ", os.str(), ", got ", dtype_name(t.dtype));
+}
+
+Status check_same_dtype(const char* fn, const char* name, const TensorView& t, const char* ref_name,
+                        DType ref) {
+  if (t.dtype != ref) {
+    return invalid(fn, name, "dtype ", dtype_name(t.dtype), " differs from ", ref_name, "'s ",
+                   dtype_name(ref));
+  }
+  return Status();
+}
+
+// Tensors the call writes must not alias themselves: with dimensions sorted by stride, each
+// stride must step over the whole extent of the dimensions below it.
+Status check_non_overlapping(const char* fn, const char* name, const TensorView& t) {
+  if (t.numel() <= 1) return Status();
+  std::vector<int> dims;
+  for (int i = 0; i < t.ndim; ++i) {
+    if (t.shape[i] > 1) dims.push_back(i);
+  }
+  std::sort(dims.begin(), dims.end(),
+            [&](int a, int b) { return t.strides[a] < t.strides[b]; });
+  int64_t span = 1;
+  for (int d : dims) {
+    if (t.strides[d] < span) {
+      return invalid(fn, name, "strides overlap (dimension ", d, " has stride ", t.strides[d],
+                     " but the dimensions inside it span ", span,
+                     " elements); an output must not alias itself");
+    }
+    span = t.strides[d] * t.shape[d];
+  }
+  return Status();
+}
+
+// CUDA kernels move rows with 16-byte vector accesses: the base pointer and every outer stride
+// must be multiples of 16 bytes.
+Status check_rows_aligned_16(const char* fn, const char* name, const TensorView& t) {
+  if (t.numel() == 0) return Status();
+  const int64_t esize = static_cast<int64_t>(dtype_size(t.dtype));
+  if (reinterpret_cast<uintptr_t>(t.data) % 16 != 0) {
+    return invalid(fn, name, "data pointer ", t.data, " is not 16-byte aligned (required on CUDA)");
+  }
+  for (int i = 0; i + 1 < t.ndim; ++i) {
+    if (t.shape[i] > 1 && (t.strides[i] * esize) % 16 != 0) {
+      return invalid(fn, name, "stride ", t.strides[i], " of dimension ", i,
+                     " is not a multiple of 16 bytes (required on CUDA)");
+    }
+  }
+  return Status();
+}
+
+Status check_int32(const char* fn, const char* name, int64_t value) {
+  if (value > std::numeric_limits<int32_t>::max()) {
+    return error(StatusCode::kUnsupported, fn, name, "extent ", value,
+                 " exceeds the supported maximum ", std::numeric_limits<int32_t>::max());
+  }
+  return Status();
+}
+
+Status check_device_supported(const char* fn, const char* name, Device device) {
+  if (device.type == DeviceType::kCPU) return Status();
+  if (device.type != DeviceType::kCUDA) {
+    return invalid(fn, name, "unknown device type ", static_cast<int>(device.type));
+  }
+  if (device.index < 0) return invalid(fn, name, "negative CUDA device index ", device.index);
+  return Status();
+}
+
+#define MLA_RETURN_IF_ERROR(expr)      \
+  do {                                 \
+    ::mla::Status status_ = (expr);    \
+    if (!status_.ok()) return status_; \
+  } while (0)
+
+// Shape limits, reported against `arg` ("q" from decode, the shape's own fields from
+// workspace_size) with each extent named.
+Status check_shape(const char* fn, const char* arg, const DecodeShape& shape) {
+  if (shape.batch < 0) return invalid(fn, arg, "batch must be >= 0, got ", shape.batch);
+  MLA_RETURN_IF_ERROR(check_int32(fn, arg, shape.batch));
+  if (shape.s_q < 1 || shape.s_q > kMaxSeqQ) {
+    return error(shape.s_q < 1 ? StatusCode::kInvalidArgument : StatusCode::kUnsupported, fn, arg,
+                 "s_q must be in [1, ", kMaxSeqQ, "], got ", shape.s_q);
+  }
+  if (shape.h_q < 1 || shape.h_q > kMaxHeadsQ) {
+    return error(shape.h_q < 1 ? StatusCode::kInvalidArgument : StatusCode::kUnsupported, fn, arg,
+                 "h_q must be in [1, ", kMaxHeadsQ, "], got ", shape.h_q);
+  }
+  return Status();
+}
+
+}  // namespace
+
+Status validate_shape(const char* fn, const DecodeShape& shape) {
+  return check_shape(fn, "shape", shape);
+}
+
+Status validate_decode(const char* fn, const DecodeParams& p, DecodeProblem* problem,
+                       Device* device_out) {
+  if (!p.q.present()) return invalid(fn, "q", "is required but absent (ndim == 0)");
+  const Device device = p.q.device;
+  MLA_RETURN_IF_ERROR(check_device_supported(fn, "q", device));
+  const bool split_q = p.q_pe.present();
+  const int64_t batch = p.q.ndim >= 1 ? p.q.shape[0] : 0;
+  const int64_t s_q = p.q.ndim >= 2 ? p.q.shape[1] : 0;
+  const int64_t h_q = p.q.ndim >= 3 ? p.q.shape[2] : 0;
+
+  // q (or q_nope + q_pe) defines batch, s_q and h_q.
+  MLA_RETURN_IF_ERROR(check_dtype(fn, "q", p.q, {DType::kBFloat16, DType::kFloat16}));
+  if (split_q) {
+    MLA_RETURN_IF_ERROR(check_tensor(
+        fn, "q", p.q, {"[batch, s_q, h_q, 512] (q_nope, since q_pe is given)", 4, {-1, -1, -1, kHeadDimV}},
+        device));
+  } else {
+    MLA_RETURN_IF_ERROR(
+        check_tensor(fn, "q", p.q, {"[batch, s_q, h_q, 576]", 4, {-1, -1, -1, kHeadDimQK}}, device));
+  }
+  MLA_RETURN_IF_ERROR(check_shape(fn, "q", DecodeShape{batch, s_q, h_q}));
+  if (split_q) {
+    MLA_RETURN_IF_ERROR(check_same_dtype(fn, "q_pe", p.q_pe, "q", p.q.dtype));
+    MLA_RETURN_IF_ERROR(check_tensor(fn, "q_pe", p.q_pe,
+                                     {"[batch, s_q, h_q, 64]", 4, {batch, s_q, h_q, kHeadDimRope}},
+                                     device));
+  }
+  MLA_RETURN_IF_ERROR(check_same_dtype(fn, "kv_cache", p.kv_cache, "q", p.q.dtype));
+  MLA_RETURN_IF_ERROR(check_tensor(fn, "kv_cache", p.kv_cache,
+                                   {"[num_pages, page_size, 576]", 3, {-1, -1, kHeadDimQK}}, device));
+  const int64_t num_pages = p.kv_cache.shape[0];
+  const int64_t page_size = p.kv_cache.shape[1];
+  if (page_size < 1 || page_size > kMaxPageSize || (page_size & (page_size - 1)) != 0) {
+    return error(StatusCode::kUnsupported, fn, "kv_cache", "page_size (dimension 1) must be a power of two in [1, ",
+                 kMaxPageSize, "], got ", page_size);
+  }
+  MLA_RETURN_IF_ERROR(check_int32(fn, "kv_cache", num_pages));
+
+  MLA_RETURN_IF_ERROR(check_dtype(fn, "block_table", p.block_table, {DType::kInt32}));
+  MLA_RETURN_IF_ERROR(check_tensor(fn, "block_table", p.block_table,
+                                   {"[batch, max_pages_per_seq]", 2, {batch, -1}}, device));
+  MLA_RETURN_IF_ERROR(check_int32(fn, "block_table", p.block_table.shape[1]));
+  MLA_RETURN_IF_ERROR(check_dtype(fn, "seq_lens", p.seq_lens, {DType::kInt32}));
+  MLA_RETURN_IF_ERROR(check_tensor(fn, "seq_lens", p.seq_lens, {"[batch]", 1, {batch}}, device));
+
+  MLA_RETURN_IF_ERROR(check_same_dtype(fn, "out", p.out, "q", p.q.dtype));
+  MLA_RETURN_IF_ERROR(check_tensor(fn, "out", p.out,
+                                   {"[batch, s_q, h_q, 512]", 4, {batch, s_q, h_q, kHeadDimV}},
+                                   device));
+  MLA_RETURN_IF_ERROR(check_non_overlapping(fn, "out", p.out));
+  if (p.lse.present()) {
+    MLA_RETURN_IF_ERROR(check_dtype(fn, "lse", p.lse, {DType::kFloat32}));
+    // lse may be any strided view ([batch, h_q, s_q] permuted), so its last dimension need not
+    // be contiguous: check the shape here and the rest below.
+    if (p.lse.ndim != 3 || p.lse.shape[0] != batch || p.lse.shape[1] != s_q ||
+        p.lse.shape[2] != h_q) {
+      std::ostringstream os;
+      os << "[" << batch << ", " << s_q << ", " << h_q << "]";
+      return invalid(fn, "lse", "expected shape [batch, s_q, h_q] = ", os.str(), ", got ",
+                     shape_string(p.lse));
+    }
+    for (int i = 0; i < 3; ++i) {
+      if (p.lse.strides[i] < 0) {
+        return invalid(fn, "lse", "negative stride ", p.lse.strides[i], " in dimension ", i);
+      }
+    }
+    if (!same_device(p.lse.device, device)) {
+      return invalid(fn, "lse", "is on ", device_string(p.lse.device), " but the call runs on ",
+                     device_string(device));
+    }
+    if (p.lse.numel() > 0 && p.lse.data == nullptr) return invalid(fn, "lse", "data pointer is null");
+    if (reinterpret_cast<uintptr_t>(p.lse.data) % 4 != 0) {
+      return invalid(fn, "lse", "data pointer ", p.lse.data, " is not 4-byte aligned");
+    }
+    MLA_RETURN_IF_ERROR(check_non_overlapping(fn, "lse", p.lse));
+  }
+  if (!std::isfinite(p.softmax_scale) || p.softmax_scale <= 0.0f) {
+    return invalid(fn, "softmax_scale", "must be finite and > 0, got ", p.softmax_scale);
+  }
+  if (device.type == DeviceType::kCUDA) {
+    MLA_RETURN_IF_ERROR(check_rows_aligned_16(fn, "q", p.q));
+    if (split_q) MLA_RETURN_IF_ERROR(check_rows_aligned_16(fn, "q_pe", p.q_pe));
+    MLA_RETURN_IF_ERROR(check_rows_aligned_16(fn, "kv_cache", p.kv_cache));
+    MLA_RETURN_IF_ERROR(check_rows_aligned_16(fn, "out", p.out));
+  }
+
+  DecodeProblem& pr = *problem;
+  pr = DecodeProblem{};
+  pr.batch = static_cast<int32_t>(batch);
+  pr.s_q = static_cast<int32_t>(s_q);
+  pr.h_q = static_cast<int32_t>(h_q);
+  pr.page_size = static_cast<int32_t>(page_size);
+  pr.page_shift = 0;
+  while ((1 << pr.page_shift) < page_size) ++pr.page_shift;
+  pr.max_pages = static_cast<int32_t>(p.block_table.shape[1]);
+  pr.num_pages = static_cast<int32_t>(num_pages);
+  pr.dtype = p.q.dtype == DType::kBFloat16 ? ElemType::kBFloat16 : ElemType::kFloat16;
+  pr.scale = p.softmax_scale;
+  pr.causal = p.causal;
+
+  const int64_t esize = static_cast<int64_t>(dtype_size(p.q.dtype));
+  pr.q_nope = p.q.data;
+  pr.q_nope_stride_b = p.q.strides[0];
+  pr.q_nope_stride_s = p.q.strides[1];
+  pr.q_nope_stride_h = p.q.strides[2];
+  if (split_q) {
+    pr.q_pe = p.q_pe.data;
+    pr.q_pe_stride_b = p.q_pe.strides[0];
+    pr.q_pe_stride_s = p.q_pe.strides[1];
+    pr.q_pe_stride_h = p.q_pe.strides[2];
+  } else {
+    pr.q_pe = p.q.data == nullptr ? nullptr : static_cast<const char*>(p.q.data) + kHeadDimV * esize;
+    pr.q_pe_stride_b = pr.q_nope_stride_b;
+    pr.q_pe_stride_s = pr.q_nope_stride_s;
+    pr.q_pe_stride_h = pr.q_nope_stride_h;
+  }
+  pr.kv = p.kv_cache.data;
+  pr.kv_stride_page = p.kv_cache.strides[0];
+  pr.kv_stride_row = p.kv_cache.strides[1];
+  pr.block_table = static_cast<const int32_t*>(p.block_table.data);
+  pr.block_table_stride = p.block_table.strides[0];
+  pr.seq_lens = static_cast<const int32_t*>(p.seq_lens.data);
+  pr.seq_lens_stride = p.seq_lens.strides[0];
+  pr.out = p.out.data;
+  pr.out_stride_b = p.out.strides[0];
+  pr.out_stride_s = p.out.strides[1];
+  pr.out_stride_h = p.out.strides[2];
+  if (p.lse.present()) {
+    pr.lse = static_cast<float*>(p.lse.data);
+    pr.lse_stride_b = p.lse.strides[0];
+    pr.lse_stride_s = p.lse.strides[1];
+    pr.lse_stride_h = p.lse.strides[2];
+  }
+  *device_out = device;
+  return Status();
+}
+
+Status validate_decode_data(const char* fn, const DecodeProblem& p) {
+  const int64_t capacity = static_cast<int64_t>(p.max_pages) * p.page_size;
+  for (int32_t b = 0; b < p.batch; ++b) {
+    const int64_t len = p.seq_lens[b * p.seq_lens_stride];
+    if (len < 0 || len > capacity) {
+      return error(StatusCode::kDataError, fn, "seq_lens", "seq_lens[", b, "] = ", len,
+                   " is outside [0, max_pages_per_seq * page_size = ", capacity, "]");
+    }
+    const int64_t live_pages = (len + p.page_size - 1) >> p.page_shift;
+    const int32_t* row = p.block_table + b * p.block_table_stride;
+    for (int64_t i = 0; i < live_pages; ++i) {
+      if (row[i] < 0 || row[i] >= p.num_pages) {
+        return error(StatusCode::kDataError, fn, "block_table", "block_table[", b, "][", i,
+                     "] = ", row[i], " is outside [0, num_pages = ", p.num_pages, ")");
+      }
+    }
+  }
+  return Status();
+}
+
+Status validate_kv_write(const char* fn, const KvCacheWriteParams& p, KvWriteProblem* problem,
+                         Device* device_out) {
+  if (!p.kv_cache.present()) return invalid(fn, "kv_cache", "is required but absent (ndim == 0)");
+  const Device device = p.kv_cache.device;
+  MLA_RETURN_IF_ERROR(check_device_supported(fn, "kv_cache", device));
+  MLA_RETURN_IF_ERROR(check_dtype(fn, "kv_cache", p.kv_cache, {DType::kBFloat16, DType::kFloat16}));
+  MLA_RETURN_IF_ERROR(check_tensor(fn, "kv_cache", p.kv_cache,
+                                   {"[num_pages, page_size, 576]", 3, {-1, -1, kHeadDimQK}}, device));
+  MLA_RETURN_IF_ERROR(check_non_overlapping(fn, "kv_cache", p.kv_cache));
+  const int64_t page_size = p.kv_cache.shape[1];
+  if (page_size < 1 || page_size > kMaxPageSize || (page_size & (page_size - 1)) != 0) {
+    return error(StatusCode::kUnsupported, fn, "kv_cache",
+                 "page_size (dimension 1) must be a power of two in [1, ", kMaxPageSize, "], got ",
+                 page_size);
+  }
+  MLA_RETURN_IF_ERROR(check_int32(fn, "kv_cache", p.kv_cache.shape[0]));
+  if (!p.slot_mapping.present()) {
+    return invalid(fn, "slot_mapping", "is required but absent (ndim == 0)");
+  }
+  MLA_RETURN_IF_ERROR(check_dtype(fn, "slot_mapping", p.slot_mapping, {DType::kInt64}));
+  MLA_RETURN_IF_ERROR(
+      check_tensor(fn, "slot_mapping", p.slot_mapping, {"[num_tokens]", 1, {-1}}, device));
+  const int64_t tokens = p.slot_mapping.shape[0];
+  MLA_RETURN_IF_ERROR(check_same_dtype(fn, "kv_c", p.kv_c, "kv_cache", p.kv_cache.dtype));
+  MLA_RETURN_IF_ERROR(
+      check_tensor(fn, "kv_c", p.kv_c, {"[num_tokens, 512]", 2, {tokens, kHeadDimV}}, device));
+  MLA_RETURN_IF_ERROR(check_same_dtype(fn, "k_pe", p.k_pe, "kv_cache", p.kv_cache.dtype));
+  MLA_RETURN_IF_ERROR(
+      check_tensor(fn, "k_pe", p.k_pe, {"[num_tokens, 64]", 2, {tokens, kHeadDimRope}}, device));
+  if (device.type == DeviceType::kCUDA) {
+    MLA_RETURN_IF_ERROR(check_rows_aligned_16(fn, "kv_c", p.kv_c));
+    MLA_RETURN_IF_ERROR(check_rows_aligned_16(fn, "k_pe", p.k_pe));
+    MLA_RETURN_IF_ERROR(check_rows_aligned_16(fn, "kv_cache", p.kv_cache));
+  }
+  KvWriteProblem& pr = *problem;
+  pr = KvWriteProblem{};
+  pr.num_tokens = tokens;
+  pr.page_size = static_cast<int32_t>(page_size);
+  pr.num_pages = static_cast<int32_t>(p.kv_cache.shape[0]);
+  pr.dtype = p.kv_cache.dtype == DType::kBFloat16 ? ElemType::kBFloat16 : ElemType::kFloat16;
+  pr.kv_c = p.kv_c.data;
+  pr.kv_c_stride = p.kv_c.strides[0];
+  pr.k_pe = p.k_pe.data;
+  pr.k_pe_stride = p.k_pe.strides[0];
+  pr.slot_mapping = static_cast<const int64_t*>(p.slot_mapping.data);
+  pr.slot_mapping_stride = p.slot_mapping.strides[0];
+  pr.kv = p.kv_cache.data;
+  pr.kv_stride_page = p.kv_cache.strides[0];
+  pr.kv_stride_row = p.kv_cache.strides[1];
+  *device_out = device;
+  return Status();
+}
+
+Status validate_kv_write_data(const char* fn, const KvWriteProblem& p) {
+  const int64_t capacity = static_cast<int64_t>(p.num_pages) * p.page_size;
+  for (int64_t t = 0; t < p.num_tokens; ++t) {
+    const int64_t slot = p.slot_mapping[t * p.slot_mapping_stride];
+    if (slot < -1 || slot >= capacity) {
+      return error(StatusCode::kDataError, fn, "slot_mapping", "slot_mapping[", t, "] = ", slot,
+                   " is outside [-1, num_pages * page_size = ", capacity, ")");
+    }
+  }
+  return Status();
+}
+
+Status validate_merge(const char* fn, const MergeParams& p, MergeProblem* problem,
+                      Device* device_out) {
+  if (!p.out_a.present()) return invalid(fn, "out_a", "is required but absent (ndim == 0)");
+  const Device device = p.out_a.device;
+  MLA_RETURN_IF_ERROR(check_device_supported(fn, "out_a", device));
+  MLA_RETURN_IF_ERROR(
+      check_dtype(fn, "out_a", p.out_a, {DType::kBFloat16, DType::kFloat16, DType::kFloat32}));
+  MLA_RETURN_IF_ERROR(
+      check_tensor(fn, "out_a", p.out_a, {"[num_tokens, num_heads, head_dim]", 3, {-1, -1, -1}}, device));
+  const int64_t t = p.out_a.shape[0], h = p.out_a.shape[1], d = p.out_a.shape[2];
+  MLA_RETURN_IF_ERROR(check_int32(fn, "out_a", h));
+  MLA_RETURN_IF_ERROR(check_int32(fn, "out_a", d));
+  const Expect out_shape{"[num_tokens, num_heads, head_dim] (as out_a)", 3, {t, h, d}};
+  MLA_RETURN_IF_ERROR(check_same_dtype(fn, "out_b", p.out_b, "out_a", p.out_a.dtype));
+  MLA_RETURN_IF_ERROR(check_tensor(fn, "out_b", p.out_b, out_shape, device));
+  MLA_RETURN_IF_ERROR(check_same_dtype(fn, "out", p.out, "out_a", p.out_a.dtype));
+  MLA_RETURN_IF_ERROR(check_tensor(fn, "out", p.out, out_shape, device));
+  MLA_RETURN_IF_ERROR(check_non_overlapping(fn, "out", p.out));
+  // LSE tensors may have any strides (vLLM keeps them as [num_heads, num_tokens]).
+  auto check_lse = [&](const char* name, const TensorView& lse) -> Status {
+    MLA_RETURN_IF_ERROR(check_dtype(fn, name, lse, {DType::kFloat32}));
+    if (lse.ndim != 2 || lse.shape[0] != t || lse.shape[1] != h) {
+      return invalid(fn, name, "expected shape [num_tokens, num_heads] = [", t, ", ", h,
+                     "], got ", shape_string(lse));
+    }
+    if (lse.strides[0] < 0 || lse.strides[1] < 0) return invalid(fn, name, "negative stride");
+    if (!same_device(lse.device, device)) {
+      return invalid(fn, name, "is on ", device_string(lse.device), " but the call runs on ",
+                     device_string(device));
+    }
+    if (lse.numel() > 0 && lse.data == nullptr) return invalid(fn, name, "data pointer is null");
+    if (reinterpret_cast<uintptr_t>(lse.data) % 4 != 0) {
+      return invalid(fn, name, "data pointer is not 4-byte aligned");
+    }
+    return Status();
+  };
+  if (!p.lse_a.present()) return invalid(fn, "lse_a", "is required but absent (ndim == 0)");
+  MLA_RETURN_IF_ERROR(check_lse("lse_a", p.lse_a));
+  if (!p.lse_b.present()) return invalid(fn, "lse_b", "is required but absent (ndim == 0)");
+  MLA_RETURN_IF_ERROR(check_lse("lse_b", p.lse_b));
+  if (p.lse.present()) {
+    MLA_RETURN_IF_ERROR(check_lse("lse", p.lse));
+    MLA_RETURN_IF_ERROR(check_non_overlapping(fn, "lse", p.lse));
+  }
+
+  MergeProblem& pr = *problem;
+  pr = MergeProblem{};
+  pr.num_tokens = t;
+  pr.num_heads = static_cast<int32_t>(h);
+  pr.head_dim = static_cast<int32_t>(d);
+  pr.dtype = p.out_a.dtype == DType::kBFloat16  ? MergeType::kBFloat16
+             : p.out_a.dtype == DType::kFloat16 ? MergeType::kFloat16
+                                                : MergeType::kFloat32;
+  pr.out_a = p.out_a.data;
+  pr.out_a_stride_t = p.out_a.strides[0];
+  pr.out_a_stride_h = p.out_a.strides[1];
+  pr.lse_a = static_cast<const float*>(p.lse_a.data);
+  pr.lse_a_stride_t = p.lse_a.strides[0];
+  pr.lse_a_stride_h = p.lse_a.strides[1];
+  pr.out_b = p.out_b.data;
+  pr.out_b_stride_t = p.out_b.strides[0];
+  pr.out_b_stride_h = p.out_b.strides[1];
+  pr.lse_b = static_cast<const float*>(p.lse_b.data);
+  pr.lse_b_stride_t = p.lse_b.strides[0];
+  pr.lse_b_stride_h = p.lse_b.strides[1];
+  pr.out = p.out.data;
+  pr.out_stride_t = p.out.strides[0];
+  pr.out_stride_h = p.out.strides[1];
+  if (p.lse.present()) {
+    pr.lse = static_cast<float*>(p.lse.data);
+    pr.lse_stride_t = p.lse.strides[0];
+    pr.lse_stride_h = p.lse.strides[1];
+  }
+  *device_out = device;
+  return Status();
+}
+
+}  // namespace mla::detail

@@ -1,0 +1,270 @@
+// The CPU attention kernel, written once over a vector-ops type and instantiated per ISA by
+// kernel_<isa>.cpp (each compiled with its own ISA flags). Everything here has internal
+// linkage, so the copies built for different ISAs can never be merged by the linker.
+//
+// Schedule of one piece (request b, row tile of R <= 64 rows, keys [k0, k1)):
+//   1. q rows -> fp32 q^T [576][R], pre-multiplied by softmax_scale * log2(e) (softmax in
+//      base 2); rows sit in vector lanes.
+//   2. For each KV tile of up to 48 tokens: gather the tokens through the block table and
+//      convert them to fp32 once, kv [48][576] (the first 512 columns are V, so K and V come
+//      from one conversion). Then
+//        S^T[t][r] = kv[t] . q^T[:, r]      register-blocked: broadcast kv[t][d] x q^T row
+//        online softmax per row (lanes), masked keys -> -inf, P overwrites S
+//        out^T[c][r] = out^T[c][r] * alpha[r] + sum_t kv[t][c] * P[t][r]
+//      Keeping rows in lanes means neither K nor V is ever transposed: both micro-kernels
+//      broadcast a scalar of the kv tile against a row vector of q^T or P.
+//   3. Normalise and write out/lse (or the split partial).
+// Keys at or beyond seq_len are never loaded (the tile is cut at k1 <= seq_len); padding
+// tokens of the last tile are zero-filled, then masked, so their P is exactly 0 and their V is
+// 0 (never 0 * NaN).
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <limits>
+
+#include "cpu/fast/kernel.h"
+
+#define MLA_ALWAYS_INLINE inline __attribute__((always_inline))
+
+namespace mla::cpu::fast {
+namespace {
+
+using detail::DecodeProblem;
+
+constexpr float kLog2e = 1.4426950408889634f;
+constexpr float kLn2 = 0.6931471805599453f;
+// Tokens of the last (partial) KV tile are padded to this, a multiple of every token block.
+constexpr int kTokenAlign = 24;
+
+// S^T[i][rv*W..] for NB tokens x RV row vectors over the full 576-wide dot product. The
+// NB * RV accumulators stay in registers; each step loads RV q vectors and broadcasts NB kv
+// values.
+template <class Ops, int RV, int NB>
+MLA_ALWAYS_INLINE void qk_block(const float* qt, int64_t ld, const float* kv, float* s) {
+  using V = typename Ops::V;
+  constexpr int W = Ops::kWidth;
+  V acc[NB][RV];
+#pragma GCC unroll 32
+  for (int i = 0; i < NB; ++i) {
+#pragma GCC unroll 4
+    for (int v = 0; v < RV; ++v) acc[i][v] = Ops::zero();
+  }
+  for (int d = 0; d < kHeadDimQK; ++d) {
+    V q[RV];
+#pragma GCC unroll 4
+    for (int v = 0; v < RV; ++v) q[v] = Ops::load(qt + d * ld + v * W);
+#pragma GCC unroll 32
+    for (int i = 0; i < NB; ++i) {
+      const V k = Ops::bcast(kv + i * kHeadDimQK + d);
+#pragma GCC unroll 4
+      for (int v = 0; v < RV; ++v) acc[i][v] = Ops::fma(q[v], k, acc[i][v]);
+    }
+  }
+#pragma GCC unroll 32
+  for (int i = 0; i < NB; ++i) {
+#pragma GCC unroll 4
+    for (int v = 0; v < RV; ++v) Ops::store(s + i * ld + v * W, acc[i][v]);
+  }
+}
+
+// out^T[c..c+NC][rv*W..] = out^T * alpha + sum_t kv[t][c..c+NC] * P[t][rv*W..] over ntok tokens.
+template <class Ops, int RV, int NC>
+MLA_ALWAYS_INLINE void pv_block(const float* p, int64_t ld, const float* kv, int ntok, float* ot,
+                                const float* alpha) {
+  using V = typename Ops::V;
+  constexpr int W = Ops::kWidth;
+  V acc[NC][RV];
+#pragma GCC unroll 32
+  for (int j = 0; j < NC; ++j) {
+#pragma GCC unroll 4
+    for (int v = 0; v < RV; ++v) acc[j][v] = Ops::zero();
+  }
+  for (int t = 0; t < ntok; ++t) {
+    V pr[RV];
+#pragma GCC unroll 4
+    for (int v = 0; v < RV; ++v) pr[v] = Ops::load(p + t * ld + v * W);
+#pragma GCC unroll 32
+    for (int j = 0; j < NC; ++j) {
+      const V x = Ops::bcast(kv + t * kHeadDimQK + j);
+#pragma GCC unroll 4
+      for (int v = 0; v < RV; ++v) acc[j][v] = Ops::fma(pr[v], x, acc[j][v]);
+    }
+  }
+#pragma GCC unroll 32
+  for (int j = 0; j < NC; ++j) {
+#pragma GCC unroll 4
+    for (int v = 0; v < RV; ++v) {
+      float* o = ot + j * ld + v * W;
+      Ops::store(o, Ops::fma(Ops::load(o), Ops::load(alpha + v * W), acc[j][v]));
+    }
+  }
+}
+
+// Scores of one KV tile for all row vectors: pairs of vectors first, then an odd one.
+template <class Ops>
+void tile_scores(const float* qt, int64_t ld, const float* kv, int ntok, float* s) {
+  constexpr int W = Ops::kWidth;
+  int64_t r = 0;
+  for (; r + 2 * W <= ld; r += 2 * W) {
+    for (int t = 0; t < ntok; t += Ops::kQkTokens2) {
+      qk_block<Ops, 2, Ops::kQkTokens2>(qt + r, ld, kv + t * kHeadDimQK, s + t * ld + r);
+    }
+  }
+  if (r < ld) {
+    for (int t = 0; t < ntok; t += Ops::kQkTokens1) {
+      qk_block<Ops, 1, Ops::kQkTokens1>(qt + r, ld, kv + t * kHeadDimQK, s + t * ld + r);
+    }
+  }
+}
+
+template <class Ops, int RV, int NC>
+void pv_columns(const float* p, int64_t ld, const float* kv, int ntok, float* ot,
+                const float* alpha) {
+  int c = 0;
+  for (; c + NC <= kHeadDimV; c += NC) {
+    pv_block<Ops, RV, NC>(p, ld, kv + c, ntok, ot + c * ld, alpha);
+  }
+  constexpr int kTail = kHeadDimV % NC;
+  if constexpr (kTail > 0) pv_block<Ops, RV, kTail>(p, ld, kv + c, ntok, ot + c * ld, alpha);
+}
+
+template <class Ops>
+void tile_values(const float* p, int64_t ld, const float* kv, int ntok, float* ot,
+                 const float* alpha) {
+  constexpr int W = Ops::kWidth;
+  int64_t r = 0;
+  for (; r + 2 * W <= ld; r += 2 * W) {
+    pv_columns<Ops, 2, Ops::kPvCols2>(p + r, ld, kv, ntok, ot + r, alpha + r);
+  }
+  if (r < ld) pv_columns<Ops, 1, Ops::kPvCols1>(p + r, ld, kv, ntok, ot + r, alpha + r);
+}
+
+// Online softmax over one tile, per row vector: masks keys t >= lim[r] to -inf, updates the
+// running max m and sum l (base 2), leaves P = 2^(S - m) in s and the rescale of the previous
+// out^T in alpha. A row that has seen no key keeps m = -inf, l = 0 and gets P = 0.
+template <class Ops>
+void tile_softmax(float* s, int64_t ld, int ntok, const float* lim, float* m, float* l,
+                  float* alpha) {
+  using V = typename Ops::V;
+  constexpr int W = Ops::kWidth;
+  const V neg_inf = Ops::set1(-std::numeric_limits<float>::infinity());
+  for (int64_t r = 0; r < ld; r += W) {
+    const V limit = Ops::load(lim + r);
+    V tile_max = neg_inf;
+    for (int t = 0; t < ntok; ++t) {
+      const V x = Ops::mask_ge(Ops::load(s + t * ld + r), Ops::set1(static_cast<float>(t)), limit,
+                               neg_inf);
+      Ops::store(s + t * ld + r, x);
+      tile_max = Ops::max(tile_max, x);
+    }
+    const V m_old = Ops::load(m + r);
+    const V m_new = Ops::max(m_old, tile_max);
+    // All keys so far masked: subtract 0 instead of -inf so that exp2 gives 0, not NaN.
+    const V m_use = Ops::mask_eq(m_new, neg_inf, Ops::zero());
+    const V a = Ops::exp2(Ops::sub(m_old, m_use));
+    V sum = Ops::zero();
+    for (int t = 0; t < ntok; ++t) {
+      const V e = Ops::exp2(Ops::sub(Ops::load(s + t * ld + r), m_use));
+      Ops::store(s + t * ld + r, e);
+      sum = Ops::add(sum, e);
+    }
+    Ops::store(m + r, m_new);
+    Ops::store(l + r, Ops::fma(Ops::load(l + r), a, sum));
+    Ops::store(alpha + r, a);
+  }
+}
+
+template <class Ops>
+void run_piece(const DecodeProblem& p, const Piece& pc, float* scratch) {
+  constexpr int W = Ops::kWidth;
+  // Scratch layout of kernel.h; the leading dimension of every [..][rows] array is ld.
+  const int64_t cap = tile_capacity(p.rows());
+  const int64_t ld = round_up(pc.nrows, W);
+  float* qt = scratch;                          // [576][ld]
+  float* s = qt + kHeadDimQK * cap;             // [kKvTile][ld]
+  float* ot = s + kKvTile * cap;                // [512][ld]
+  float* kv = ot + kHeadDimV * cap;             // [kKvTile][576]
+  float* m = kv + kKvTile * kHeadDimQK;         // [ld]
+  float* l = m + cap;                           // [ld]
+  float* alpha = l + cap;                       // [ld]
+  float* lim = alpha + cap;                     // [ld]
+  alignas(64) float row[kHeadDimQK];
+
+  // 1. q^T, scaled into the base-2 domain; padding rows are 0 and fully masked below.
+  const float qscale = p.scale * kLog2e;
+  int64_t visible[kMaxTileRows];
+  const int64_t seq_len = p.seq_lens[pc.b * p.seq_lens_stride];
+  for (int64_t r = 0; r < ld; ++r) {
+    if (r < pc.nrows) {
+      const int32_t s_idx = (pc.row0 + static_cast<int32_t>(r)) / p.h_q;
+      const int32_t h = (pc.row0 + static_cast<int32_t>(r)) % p.h_q;
+      visible[r] = detail::visible_keys(seq_len, s_idx, p.s_q, p.causal);
+      const uint16_t* qn = static_cast<const uint16_t*>(p.q_nope) + pc.b * p.q_nope_stride_b +
+                           s_idx * p.q_nope_stride_s + h * p.q_nope_stride_h;
+      const uint16_t* qp = static_cast<const uint16_t*>(p.q_pe) + pc.b * p.q_pe_stride_b +
+                           s_idx * p.q_pe_stride_s + h * p.q_pe_stride_h;
+      Ops::load_halves(qn, row, kHeadDimV, p.dtype);
+      Ops::load_halves(qp, row + kHeadDimV, kHeadDimRope, p.dtype);
+      for (int d = 0; d < kHeadDimQK; ++d) qt[d * ld + r] = row[d] * qscale;
+    } else {
+      for (int d = 0; d < kHeadDimQK; ++d) qt[d * ld + r] = 0.0f;
+    }
+    m[r] = -std::numeric_limits<float>::infinity();
+    l[r] = 0.0f;
+  }
+  std::memset(ot, 0, sizeof(float) * kHeadDimV * ld);
+
+  // 2. KV tiles.
+  const uint16_t* cache = static_cast<const uint16_t*>(p.kv);
+  const int32_t* pages = p.block_table + pc.b * p.block_table_stride;
+  const int64_t in_page = p.page_size - 1;
+  for (int64_t t0 = pc.k0; t0 < pc.k1; t0 += kKvTile) {
+    const int n = static_cast<int>(pc.k1 - t0 < kKvTile ? pc.k1 - t0 : kKvTile);
+    const int ntok = static_cast<int>(round_up(n, kTokenAlign));
+    for (int t = 0; t < n; ++t) {
+      const int64_t j = t0 + t;
+      const uint16_t* src = cache + static_cast<int64_t>(pages[j >> p.page_shift]) *
+                                        p.kv_stride_page +
+                            (j & in_page) * p.kv_stride_row;
+      Ops::load_halves(src, kv + t * kHeadDimQK, kHeadDimQK, p.dtype);
+    }
+    std::memset(kv + n * kHeadDimQK, 0, sizeof(float) * (ntok - n) * kHeadDimQK);
+    // Keys of this tile visible to each row: [0, lim) (causal rows see fewer; padding none).
+    for (int64_t r = 0; r < ld; ++r) {
+      const int64_t v = r < pc.nrows ? visible[r] - t0 : 0;
+      lim[r] = static_cast<float>(v < 0 ? 0 : (v > n ? n : v));
+    }
+    tile_scores<Ops>(qt, ld, kv, ntok, s);
+    tile_softmax<Ops>(s, ld, ntok, lim, m, l, alpha);
+    tile_values<Ops>(s, ld, kv, ntok, ot, alpha);
+  }
+
+  // 3. Normalise. Rows that saw no key (l == 0) have out^T == 0: out = 0, lse = -inf.
+  const float neg_inf = -std::numeric_limits<float>::infinity();
+  for (int64_t r = 0; r < pc.nrows; ++r) {
+    const bool empty = !(l[r] > 0.0f);
+    const float inv = empty ? 0.0f : 1.0f / l[r];
+    const float lse2 = empty ? neg_inf : m[r] + std::log2(l[r]);
+    if (pc.partial != nullptr) {
+      float* dst = pc.partial + r * kHeadDimV;
+      for (int c = 0; c < kHeadDimV; ++c) dst[c] = ot[c * ld + r] * inv;
+      pc.partial[cap * kHeadDimV + r] = lse2;
+      continue;
+    }
+    for (int c = 0; c < kHeadDimV; ++c) row[c] = ot[c * ld + r] * inv;
+    const int32_t s_idx = (pc.row0 + static_cast<int32_t>(r)) / p.h_q;
+    const int32_t h = (pc.row0 + static_cast<int32_t>(r)) % p.h_q;
+    uint16_t* out = static_cast<uint16_t*>(p.out) + pc.b * p.out_stride_b +
+                    s_idx * p.out_stride_s + h * p.out_stride_h;
+    Ops::store_halves(row, out, kHeadDimV, p.dtype);
+    if (p.lse != nullptr) {
+      p.lse[pc.b * p.lse_stride_b + s_idx * p.lse_stride_s + h * p.lse_stride_h] =
+          empty ? neg_inf : lse2 * kLn2;
+    }
+  }
+}
+
+}  // namespace
+}  // namespace mla::cpu::fast

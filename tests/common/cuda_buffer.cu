@@ -1,0 +1,52 @@
+// CUDA memory for the harness: plain cudaMalloc and synchronous copies (tests only).
+#include <cuda_runtime.h>
+
+#include <cstdio>
+#include <cstdlib>
+
+#include "harness.h"
+
+namespace mla::testing {
+namespace {
+
+void check(cudaError_t e, const char* what) {
+  if (e != cudaSuccess) {
+    std::fprintf(stderr, "harness: %s failed: %s\n", what, cudaGetErrorString(e));
+    std::abort();
+  }
+}
+
+class CudaBuffer final : public DeviceBuffer {
+ public:
+  CudaBuffer(int device, size_t bytes) : device_(device), bytes_(bytes) {
+    check(cudaSetDevice(device_), "cudaSetDevice");
+    check(cudaMalloc(&data_, bytes_ == 0 ? 256 : bytes_), "cudaMalloc");
+  }
+  ~CudaBuffer() override { cudaFree(data_); }
+  void* data() override { return data_; }
+  size_t bytes() const override { return bytes_; }
+  void upload(const void* src, size_t n) override {
+    check(cudaMemcpy(data_, src, n, cudaMemcpyHostToDevice), "cudaMemcpy H2D");
+  }
+  void download(void* dst, size_t n) const override {
+    check(cudaMemcpy(dst, data_, n, cudaMemcpyDeviceToHost), "cudaMemcpy D2H");
+  }
+
+ private:
+  int device_;
+  size_t bytes_;
+  void* data_ = nullptr;
+};
+
+}  // namespace
+
+std::unique_ptr<DeviceBuffer> allocate_cuda(int device, size_t bytes) {
+  return std::make_unique<CudaBuffer>(device, bytes);
+}
+
+void synchronize_cuda(int device) {
+  check(cudaSetDevice(device), "cudaSetDevice");
+  check(cudaDeviceSynchronize(), "cudaDeviceSynchronize");
+}
+
+}  // namespace mla::testing

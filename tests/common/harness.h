@@ -1,0 +1,105 @@
+// Test harness shared by the GoogleTest suites and `mla-decode check`: random problems with
+// poisoned outputs and NaN-filled dead memory, device buffers, and element-by-element
+// comparison against the CPU reference.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "mla/mla.h"
+
+namespace mla::testing {
+
+// How lse is laid out in memory for a case.
+enum class LseLayout { kNone, kBSH, kBHS };
+
+// One decode configuration. Data is drawn from `seed`.
+struct DecodeCase {
+  std::string name;
+  int batch = 1;
+  int s_q = 1;
+  int h_q = 16;
+  int page_size = 64;
+  std::vector<int32_t> seq_lens;  // size batch
+  bool causal = false;
+  DType dtype = DType::kBFloat16;
+  bool split_q = false;       // q as (q_nope, q_pe) pair
+  LseLayout lse = LseLayout::kBSH;
+  bool padded_strides = false;  // q/out/kv rows padded: non-packed strides
+  int extra_pages = 3;        // spare pages in the cache beyond those needed (NaN-filled)
+  float scale = 0.0721687836f;  // 1 / sqrt(192), DeepSeek's softmax scale
+  uint64_t seed = 1;
+};
+
+std::string describe(const DecodeCase& c);
+
+// Memory on a device: host vectors for the CPU, cudaMalloc for CUDA.
+class DeviceBuffer {
+ public:
+  virtual ~DeviceBuffer() = default;
+  virtual void* data() = 0;
+  virtual size_t bytes() const = 0;
+  virtual void upload(const void* src, size_t bytes) = 0;
+  virtual void download(void* dst, size_t bytes) const = 0;
+};
+// Allocates `bytes` (rounded up, 256-byte aligned) on `device`. Contents are unspecified.
+std::unique_ptr<DeviceBuffer> allocate(Device device, size_t bytes);
+// Waits for all work on the device (no-op on the CPU).
+void synchronize(Device device);
+// True when `device` can run (CUDA: a device exists and the backend is built).
+bool device_usable(Device device);
+
+// NaN bit patterns used as poison: bf16/fp16 quiet NaN halves and fp32 NaN.
+inline constexpr uint16_t kPoison16 = 0x7fc1;  // a NaN in bf16 and in fp16
+inline constexpr uint32_t kPoison32 = 0x7fc00001u;
+inline constexpr uint8_t kPoisonByte = 0xff;   // workspace fill: 0xffffffff is NaN in fp32
+inline constexpr int32_t kDeadPageId = 2147480000;
+
+// A generated problem in host memory, with the reference result.
+struct HostDecode {
+  DecodeCase c;
+  int64_t num_pages = 0, max_pages = 0;
+  // Element strides of the (possibly padded) layouts.
+  int64_t q_row = 0, q_pe_row = 0, kv_row = 0, out_row = 0;
+  std::vector<uint16_t> q, q_pe, kv;       // kv: dead pages and page tails hold NaN
+  std::vector<int32_t> block_table, seq_lens;  // dead entries hold kDeadPageId
+  std::vector<uint16_t> ref_out;           // reference, same layout as the out buffer
+  std::vector<float> ref_lse;              // [batch, s_q, h_q] packed
+  size_t out_elems = 0, lse_elems = 0;
+
+  // Views over buffers at the given addresses, on `device`.
+  DecodeParams params(Device device, void* q, void* q_pe, void* kv, void* block_table,
+                      void* seq_lens, void* out, void* lse) const;
+};
+
+HostDecode make_decode(const DecodeCase& c);
+
+// Result of comparing one output with the reference.
+struct Comparison {
+  bool ok = true;
+  int64_t checked = 0;       // elements compared
+  double max_abs = 0, max_rel = 0, cos_diff = 0;
+  std::string failure;       // first failing element, empty when ok
+};
+
+// Element-by-element check of out/lse (same layout as HostDecode's) against the reference:
+// NaN/Inf positions must match exactly, every finite element within abs + rel tolerance, and
+// the cosine difference of the whole output under a bound.
+Comparison compare_decode(const HostDecode& h, const uint16_t* out, const float* lse);
+
+// Runs one case end to end on `device`: uploads, poisons out/lse/workspace, calls mla::decode,
+// downloads and compares. `status` receives the library's status.
+Comparison run_decode_case(const DecodeCase& c, Device device, const ExecConfig& config,
+                           Status* status);
+
+// The built-in sweeps. level 0: quick smoke (CI), 1: default, 2: exhaustive.
+std::vector<DecodeCase> correctness_sweep(int level);
+// Corner cases: seq_len 0/1, page tails, page_size 1 and 256, odd h_q, many splits, causal s_q.
+std::vector<DecodeCase> corner_cases();
+
+// MLA_TEST_LEVEL from the environment (default `fallback`).
+int test_level(int fallback = 0);
+
+}  // namespace mla::testing

@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# The test job: set up, then
+#   1. Release build (CUDA compiled when nvcc is present) with warnings as errors, ctest
+#      (GPU tests skip without a device);
+#   2. ASan + UBSan build of the host code, ctest;
+#   3. the Python package: pip install . and pytest.
+# MLA_TEST_LEVEL (0 quick, 1 default, 2 exhaustive) sizes the sweeps; CI uses 0.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash tools/setup.sh
+jobs="$(nproc)"
+export MLA_TEST_LEVEL="${MLA_TEST_LEVEL:-0}"
+
+echo "== release build and tests"
+cmake --preset ci
+cmake --build --preset ci -j"$jobs"
+ctest --preset ci -j"$jobs"
+
+echo "== ASan + UBSan build and tests"
+cmake --preset asan
+cmake --build --preset asan -j"$jobs"
+ctest --preset asan -j"$jobs"
+
+if [ -f pyproject.toml ]; then
+  echo "== Python package"
+  bash tools/test-python.sh
+fi
