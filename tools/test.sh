@@ -2,6 +2,7 @@
 # The test job: set up, then
 #   1. Release build (CUDA compiled when nvcc is present) with warnings as errors, ctest
 #      (GPU tests skip without a device);
+#      then install it and build examples/cpp against the installed package;
 #   2. ASan + UBSan build of the host code, ctest;
 #   3. the Python package: pip install . and pytest.
 # MLA_TEST_LEVEL (0 quick, 1 default, 2 exhaustive) sizes the sweeps; CI uses 0.
@@ -15,6 +16,13 @@ echo "== release build and tests"
 cmake --preset ci
 cmake --build --preset ci -j"$jobs"
 ctest --preset ci -j"$jobs"
+
+echo "== install, then build and run a downstream project through find_package(mla_decode)"
+rm -rf build/install build/example
+cmake --install build/ci --prefix build/install >/dev/null
+cmake -S examples/cpp -B build/example -DCMAKE_PREFIX_PATH="$PWD/build/install" >/dev/null
+cmake --build build/example -j"$jobs"
+build/example/decode_example
 
 echo "== ASan + UBSan build and tests"
 cmake --preset asan

@@ -46,7 +46,8 @@ Status required_workspace(const char* fn, const detail::DecodeProblem& problem, 
     if (!s.ok()) return Status(s.code(), std::string(fn) + ": " + s.message());
     return cuda::workspace_size(shape, device.index, bytes);
   }
-  *bytes = cpu::workspace_size(shape, resolve_threads(config));
+  // The reference needs no workspace.
+  *bytes = config.reference ? 0 : cpu::workspace_size(shape, resolve_threads(config));
   return Status();
 }
 

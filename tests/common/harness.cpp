@@ -41,8 +41,12 @@ class HostBuffer final : public DeviceBuffer {
   ~HostBuffer() override { std::free(data_); }
   void* data() override { return data_; }
   size_t bytes() const override { return bytes_; }
-  void upload(const void* src, size_t n) override { std::memcpy(data_, src, n); }
-  void download(void* dst, size_t n) const override { std::memcpy(dst, data_, n); }
+  void upload(const void* src, size_t n) override {
+    if (n > 0) std::memcpy(data_, src, n);
+  }
+  void download(void* dst, size_t n) const override {
+    if (n > 0) std::memcpy(dst, data_, n);
+  }
 
  private:
   void* data_;
