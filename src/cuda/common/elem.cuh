@@ -1,0 +1,44 @@
+// bf16 / fp16 traits for the kernels: the storage type, packing two fp32 values with
+// round-to-nearest-even, and which MMA flavour to issue.
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include <cstdint>
+
+#include "core/problem.h"
+
+namespace mla::cuda {
+
+template <detail::ElemType kType>
+struct ElemTraits;
+
+template <>
+struct ElemTraits<detail::ElemType::kBFloat16> {
+  using T = __nv_bfloat16;
+  static constexpr bool kIsBf16 = true;
+  __device__ __forceinline__ static uint32_t pack(float lo, float hi) {
+    const __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
+    return *reinterpret_cast<const uint32_t*>(&v);
+  }
+};
+
+template <>
+struct ElemTraits<detail::ElemType::kFloat16> {
+  using T = __half;
+  static constexpr bool kIsBf16 = false;
+  __device__ __forceinline__ static uint32_t pack(float lo, float hi) {
+    const __half2 v = __floats2half2_rn(lo, hi);
+    return *reinterpret_cast<const uint32_t*>(&v);
+  }
+};
+
+// Calls `fn(ElemTraits<T>{})` for the problem's element type.
+template <typename Fn>
+decltype(auto) dispatch_elem(detail::ElemType type, Fn&& fn) {
+  if (type == detail::ElemType::kBFloat16) return fn(ElemTraits<detail::ElemType::kBFloat16>{});
+  return fn(ElemTraits<detail::ElemType::kFloat16>{});
+}
+
+}  // namespace mla::cuda

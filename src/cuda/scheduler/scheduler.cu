@@ -1,0 +1,113 @@
+// The split-KV schedule. Request b costs n_b = ceil(seq_len_b / 64) blocks plus a fixed
+// overhead; the requests' costs are laid end to end, and the total is cut into `num_parts` equal
+// ranges, one per CTA partition (the grid never depends on seq_lens, so a captured CUDA graph
+// replays with new lengths). Within request b the overhead comes first, then block k at cost
+// position prefix[b] + kRequestOverhead + k. A partition decodes the blocks whose positions fall
+// in its range: long requests are cut across partitions, short ones are packed into one. An
+// empty request (or one with a bad seq_len) is written by the partition holding prefix[b].
+#include <cub/block/block_scan.cuh>
+
+#include "cuda/common/check.h"
+#include "cuda/common/launch.h"
+#include "cuda/common/ptx.cuh"
+#include "cuda/scheduler/scheduler.h"
+
+namespace mla::cuda {
+namespace {
+
+constexpr int kSchedulerThreads = 256;
+
+__global__ void __launch_bounds__(kSchedulerThreads)
+    schedule_kernel(const int32_t* __restrict__ seq_lens, int64_t seq_lens_stride, int32_t batch,
+                    int64_t capacity, ScheduleView s) {
+  using Scan = cub::BlockScan<int64_t, kSchedulerThreads>;
+  __shared__ typename Scan::TempStorage scan_storage;
+  __shared__ int64_t carry;
+  const int tid = threadIdx.x;
+  // seq_lens may come from the previous kernel on the stream; the decode kernel waits for this
+  // grid in turn, so it may start launching now.
+  ptx::grid_dependency_wait();
+  ptx::launch_dependents();
+  if (tid == 0) {
+    s.header->error_key = kNoError;
+    s.prefix[0] = 0;
+    carry = 0;
+  }
+  __syncthreads();
+
+  // Costs and their inclusive prefix, 256 requests at a time.
+  for (int32_t base = 0; base < batch; base += kSchedulerThreads) {
+    const int32_t b = base + tid;
+    int64_t cost = 0;
+    if (b < batch) {
+      const int32_t len = seq_lens[b * seq_lens_stride];
+      const bool bad = len < 0 || len > capacity;
+      if (bad) {
+        atomicMin(
+            &s.header->error_key,
+            error_key(b, len < 0 ? DataError::kNegativeSeqLen : DataError::kSeqLenTooLong, len));
+      }
+      s.lens[b] = bad ? -1 : len;
+      cost = (bad ? 0 : (static_cast<int64_t>(len) + kScheduleBlock - 1) / kScheduleBlock) +
+             kRequestOverhead;
+    }
+    int64_t inclusive, chunk_total;
+    Scan(scan_storage).InclusiveSum(cost, inclusive, chunk_total);
+    if (b < batch) s.prefix[b + 1] = carry + inclusive;
+    __syncthreads();  // every thread has read `carry` and the scan storage
+    if (tid == 0) carry += chunk_total;
+    __syncthreads();
+  }
+
+  const int64_t total = carry;
+  const int64_t part_cost = total == 0 ? 1 : (total + s.num_parts - 1) / s.num_parts;
+  if (tid == 0) {
+    s.header->total_cost = total;
+    s.header->part_cost = part_cost;
+  }
+  // The prefix written above is visible after the barrier at the end of the loop.
+  // Largest b with prefix[b] <= pos: the request whose cost range holds pos < total.
+  auto request_at = [&](int64_t pos) {
+    int32_t lo = 0, hi = batch - 1;
+    while (lo < hi) {
+      const int32_t mid = (lo + hi + 1) / 2;
+      if (s.prefix[mid] <= pos) {
+        lo = mid;
+      } else {
+        hi = mid - 1;
+      }
+    }
+    return lo;
+  };
+  for (int32_t p = tid; p < s.num_parts; p += kSchedulerThreads) {
+    // part_first[p]: the request holding the partition's start (batch when it has no work).
+    const int64_t start = static_cast<int64_t>(p) * part_cost;
+    const int32_t first = start < total ? request_at(start) : batch;
+    s.part_first[p] = first;
+    // The request cut at this partition's end, if its blocks begin in this partition (its first
+    // cut): partition p's combine CTAs merge it.
+    MergeTask task{-1, 0, 0, 0};
+    const int64_t cut = start + part_cost;
+    if (cut < total) {
+      const int32_t b = request_at(cut);
+      const int64_t blocks_begin = s.prefix[b] + kRequestOverhead;
+      if (blocks_begin < cut && blocks_begin >= start) {
+        task.request = b;
+        task.last = static_cast<int32_t>((s.prefix[b + 1] - 1) / part_cost);
+        task.first_slot = 2 * p + (first == b ? 0 : 1);  // as the decode kernel chose it
+      }
+    }
+    s.merges[p] = task;
+  }
+}
+
+}  // namespace
+
+Status launch_scheduler(const detail::DecodeProblem& p, const ScheduleView& schedule,
+                        cudaStream_t stream, bool pdl) {
+  const int64_t capacity = static_cast<int64_t>(p.max_pages) * p.page_size;
+  return launch_kernel("schedule_kernel", &schedule_kernel, dim3(1), dim3(kSchedulerThreads), 0,
+                       stream, pdl, p.seq_lens, p.seq_lens_stride, p.batch, capacity, schedule);
+}
+
+}  // namespace mla::cuda

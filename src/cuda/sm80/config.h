@@ -1,0 +1,59 @@
+// Tile shapes of the portable (sm_80+) decode kernel.
+//
+// One CTA owns a tile of kRows packed query rows (row = s * h_q + h, so every head and MTP token
+// of a request shares each KV tile) and streams the KV tokens its schedule assigns through a
+// kStages-deep ring of kBlockN-token shared-memory tiles filled with cp.async. Per KV tile:
+//   S = Q K^T  [kRows x kBlockN] over 576 dims: warp (band, group) computes 16 rows x kSTokens;
+//   online softmax (row max exchanged through shared memory), P written to shared memory;
+//   O += P V   [kRows x 512]: warp w owns 512 / kWarps output columns of every row, and V is the
+//   first 512 columns of the same shared K tile, so the cache is read once.
+#pragma once
+
+#include <cstddef>
+
+#include "mla/mla.h"
+
+namespace mla::cuda::sm80 {
+
+template <int kMTiles_, int kBlockN_, int kStages_, int kWarps_>
+struct Config {
+  static constexpr int kMTiles = kMTiles_;    // 16-row MMA tiles per CTA
+  static constexpr int kRows = 16 * kMTiles;  // query rows per CTA
+  static constexpr int kBlockN = kBlockN_;    // tokens per pipeline stage
+  static constexpr int kStages = kStages_;    // shared-memory KV stages (>= 2)
+  static constexpr int kWarps = kWarps_;
+  static constexpr int kThreads = kWarps * 32;
+
+  // S phase: kMTiles row bands x kSGroups token groups.
+  static constexpr int kSGroups = kWarps / kMTiles;
+  static constexpr int kSTokens = kBlockN / kSGroups;
+  static constexpr int kSNTiles = kSTokens / 8;
+  // O phase: each warp owns kOCols output columns.
+  static constexpr int kOCols = kHeadDimV / kWarps;
+  static constexpr int kONTiles = kOCols / 8;
+
+  static constexpr int kRowBytes = kHeadDimQK * 2;   // one 576-wide bf16/fp16 row
+  static constexpr int kRowChunks = kRowBytes / 16;  // 72 chunks of 16 bytes
+  static constexpr int kPChunks = kBlockN * 2 / 16;  // 16-byte chunks per row of P
+
+  // Shared memory: Q tile, KV ring, P tile, per-row softmax exchange.
+  static constexpr size_t kQBytes = size_t{kRows} * kRowBytes;
+  static constexpr size_t kStageBytes = size_t{kBlockN} * kRowBytes;
+  static constexpr size_t kKvOffset = kQBytes;
+  static constexpr size_t kPOffset = kKvOffset + kStages * kStageBytes;
+  static constexpr size_t kPBytes = size_t{kRows} * kBlockN * 2;
+  static constexpr size_t kMaxOffset = kPOffset + kPBytes;  // float [kSGroups][kRows]
+  static constexpr size_t kAlphaOffset = kMaxOffset + sizeof(float) * kSGroups * kRows;  // [kRows]
+  static constexpr size_t kSumOffset = kAlphaOffset + sizeof(float) * kRows;  // [kSGroups][kRows]
+  static constexpr size_t kRowMaxOffset = kSumOffset + sizeof(float) * kSGroups * kRows;  // [kRows]
+  static constexpr size_t kSmemBytes = kRowMaxOffset + sizeof(float) * kRows;
+
+  static_assert(kStages >= 2, "the KV ring needs at least two stages");
+  static_assert(kWarps % kMTiles == 0 && kSTokens % 8 == 0, "S warps tile rows x tokens");
+  static_assert(kSNTiles == 1 || kSNTiles % 2 == 0, "S tiles are loaded one or two at a time");
+  static_assert(kONTiles % 2 == 0, "V tiles are loaded two at a time");
+  static_assert(kBlockN % 16 == 0 && 64 % kBlockN == 0, "stages must tile the 64-token blocks");
+  static_assert(kPChunks == 4 || kPChunks == 8, "P swizzle covers 64- and 128-byte rows");
+};
+
+}  // namespace mla::cuda::sm80

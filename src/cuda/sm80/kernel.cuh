@@ -1,0 +1,452 @@
+// The portable split-KV decode kernel (mma.sync m16n8k16, cp.async), sm_80 and newer.
+//
+// Grid: (num_parts, row_tiles). CTA (p, t) serves query rows [t * kRows, (t + 1) * kRows) of
+// every request and the cost range [p * part_cost, (p + 1) * part_cost) of the schedule that
+// scheduler.cu wrote: for each request whose 64-token blocks intersect that range it decodes
+// those blocks as one work item. An item that covers a whole request writes `out` / `lse`
+// directly; a cut one writes an fp32 partial to its slot for the combine kernel.
+//
+// Within an item, per kBlockN-token KV tile (barriers A, B, C):
+//   A  tile t has landed (cp.async.wait_group + barrier); issue tile t + kStages - 1 into the
+//      slot tile t - 1 used, which every warp finished reading before arriving here.
+//      S = Q K^T per warp, scaled to the log2 domain and masked (dead tokens -> -inf).
+//      Per-warp row maxima -> shared memory.
+//   B  every warp of a row band combines the maxima, computes P = exp2(S - m) and writes it to
+//      shared memory; group 0 writes each row's rescale factor alpha.
+//   C  every warp rescales its output columns by alpha and accumulates P V.
+// Shared memory rows are 16-byte-chunk XOR-swizzled (chunk ^ (row & 7)) so that ldmatrix reads of
+// eight rows hit eight different bank groups.
+#pragma once
+
+#include <cuda_runtime.h>
+#include <math_constants.h>
+
+#include <cstdint>
+
+#include "core/problem.h"
+#include "cuda/common/elem.cuh"
+#include "cuda/common/ptx.cuh"
+#include "cuda/common/softmax.cuh"
+#include "cuda/sm80/config.h"
+#include "cuda/workspace.h"
+
+namespace mla::cuda::sm80 {
+
+// Byte offset of 16-byte chunk `chunk` of row `row` in a swizzled 576-wide tile.
+__device__ __forceinline__ uint32_t row_chunk_offset(int row, int chunk) {
+  return static_cast<uint32_t>(row * (kHeadDimQK * 2) + ((chunk ^ (row & 7)) << 4));
+}
+
+// Same for the P tile, whose rows are kPChunks chunks long (64 or 128 bytes). For 64-byte rows two
+// rows share a 128-byte bank line, so the XOR uses row bits 1..2.
+template <int kPChunks>
+__device__ __forceinline__ uint32_t p_chunk_offset(int row, int chunk) {
+  const int swz = kPChunks == 8 ? (row & 7) : ((row >> 1) & 3);
+  return static_cast<uint32_t>(row * kPChunks * 16 + ((chunk ^ swz) << 4));
+}
+
+template <typename Cfg, typename Traits>
+struct DecodeCta {
+  using Elem = typename Traits::T;
+
+  const detail::DecodeProblem& p;
+  const ScheduleView& s;
+  uint8_t* smem;
+  int warp, lane;
+  int row0;  // first packed row of this CTA's row tile
+  int rows;  // s_q * h_q
+
+  __device__ uint32_t q_addr() const { return ptx::smem_addr(smem); }
+  __device__ uint32_t kv_addr(int slot) const {
+    return ptx::smem_addr(smem + Cfg::kKvOffset + slot * Cfg::kStageBytes);
+  }
+  __device__ uint32_t p_addr() const { return ptx::smem_addr(smem + Cfg::kPOffset); }
+  __device__ float* red_max() const { return reinterpret_cast<float*>(smem + Cfg::kMaxOffset); }
+  __device__ float* alpha() const { return reinterpret_cast<float*>(smem + Cfg::kAlphaOffset); }
+  __device__ float* red_sum() const { return reinterpret_cast<float*>(smem + Cfg::kSumOffset); }
+  __device__ float* row_max() const { return reinterpret_cast<float*>(smem + Cfg::kRowMaxOffset); }
+
+  // Keys visible to packed row r (0 for padding rows past s_q * h_q).
+  __device__ int32_t visible(int r, int32_t len) const {
+    if (r >= rows) return 0;
+    const int32_t sq = r / p.h_q;
+    return p.causal ? len - (p.s_q - 1 - sq) : len;
+  }
+
+  // cp.async of this CTA's Q rows; rows past s_q * h_q are zero-filled.
+  __device__ void issue_q(int32_t b) const {
+    const Elem* q_nope = static_cast<const Elem*>(p.q_nope);
+    const Elem* q_pe = static_cast<const Elem*>(p.q_pe);
+    for (int rr = warp; rr < Cfg::kRows; rr += Cfg::kWarps) {
+      const int r = row0 + rr;
+      const bool valid = r < rows;
+      const int sq = valid ? r / p.h_q : 0;
+      const int h = valid ? r - sq * p.h_q : 0;
+      const Elem* nope =
+          q_nope + b * p.q_nope_stride_b + sq * p.q_nope_stride_s + h * p.q_nope_stride_h;
+      const Elem* pe = q_pe + b * p.q_pe_stride_b + sq * p.q_pe_stride_s + h * p.q_pe_stride_h;
+      ptx::cp_async_16(q_addr() + row_chunk_offset(rr, lane), nope + lane * 8, valid);
+      ptx::cp_async_16(q_addr() + row_chunk_offset(rr, lane + 32), nope + (lane + 32) * 8, valid);
+      if (lane < 8)
+        ptx::cp_async_16(q_addr() + row_chunk_offset(rr, 64 + lane), pe + lane * 8, valid);
+    }
+  }
+
+  // cp.async of KV tokens [tok, tok + kBlockN) of request b into `slot`. One warp per token row:
+  // 32 lanes read 512 contiguous bytes per instruction. Tokens at or past `tok_end` and tokens on
+  // an out-of-range page are zero-filled without reading; the latter set `bad`. The page ids of
+  // all the warp's tokens are loaded first, unconditionally (a dead token reads entry 0, live in
+  // any request with work), so their latencies overlap instead of adding up.
+  __device__ void issue_kv(int32_t b, int64_t tok, int64_t tok_end, int slot, bool& bad) const {
+    constexpr int kTokens = Cfg::kBlockN / Cfg::kWarps;
+    const Elem* kv = static_cast<const Elem*>(p.kv);
+    const int32_t* pages = p.block_table + b * p.block_table_stride;
+    const uint32_t dst = kv_addr(slot);
+    int32_t page[kTokens];
+#pragma unroll
+    for (int i = 0; i < kTokens; ++i) {
+      const int64_t j = tok + warp + i * Cfg::kWarps;
+      page[i] = __ldg(pages + (j < tok_end ? (j >> p.page_shift) : 0));
+    }
+#pragma unroll
+    for (int i = 0; i < kTokens; ++i) {
+      const int t = warp + i * Cfg::kWarps;
+      const int64_t j = tok + t;
+      const bool live = j < tok_end;
+      const bool in_cache = page[i] >= 0 && page[i] < p.num_pages;
+      if (live && !in_cache) {
+        if (!bad && lane == 0) {
+          atomicMin(&s.header->error_key,
+                    error_key(b, DataError::kBadPage, static_cast<int32_t>(j >> p.page_shift)));
+        }
+        bad = true;
+      }
+      const bool valid = live && in_cache;
+      const Elem* src =
+          valid ? kv + page[i] * p.kv_stride_page + (j & (p.page_size - 1)) * p.kv_stride_row : kv;
+      ptx::cp_async_16(dst + row_chunk_offset(t, lane), src + lane * 8, valid);
+      ptx::cp_async_16(dst + row_chunk_offset(t, lane + 32), src + (lane + 32) * 8, valid);
+      if (lane < 8)
+        ptx::cp_async_16(dst + row_chunk_offset(t, 64 + lane), src + (64 + lane) * 8, valid);
+    }
+  }
+
+  // Writes the rows of an item with no keys: out = 0, lse = -inf; or NaN for a bad request.
+  __device__ void write_empty(int32_t b, bool bad) const {
+    const float fill = bad ? CUDART_NAN_F : 0.0f;
+    const uint32_t pair = Traits::pack(fill, fill);
+    const uint4 v = make_uint4(pair, pair, pair, pair);
+    for (int i = threadIdx.x; i < Cfg::kRows * (kHeadDimV / 8); i += Cfg::kThreads) {
+      const int r = row0 + i / (kHeadDimV / 8);
+      if (r >= rows) continue;
+      const int sq = r / p.h_q, h = r - sq * p.h_q;
+      Elem* out =
+          static_cast<Elem*>(p.out) + b * p.out_stride_b + sq * p.out_stride_s + h * p.out_stride_h;
+      reinterpret_cast<uint4*>(out)[i % (kHeadDimV / 8)] = v;
+    }
+    if (p.lse != nullptr) {
+      for (int rr = threadIdx.x; rr < Cfg::kRows; rr += Cfg::kThreads) {
+        const int r = row0 + rr;
+        if (r >= rows) continue;
+        const int sq = r / p.h_q, h = r - sq * p.h_q;
+        p.lse[b * p.lse_stride_b + sq * p.lse_stride_s + h * p.lse_stride_h] =
+            bad ? CUDART_NAN_F : -CUDART_INF_F;
+      }
+    }
+  }
+
+  // Decodes tokens [tok_begin, tok_end) of request b (tok_begin a multiple of 64) for this CTA's
+  // rows. `split`: write the partial result to `slot` instead of out / lse.
+  __device__ void run_item(int32_t b, int32_t len, int64_t tok_begin, int64_t tok_end, bool split,
+                           int slot) {
+    const int g = lane / 4, c = lane % 4;
+    const int band = warp % Cfg::kMTiles, group = warp / Cfg::kMTiles;
+    const int num_tiles = static_cast<int>((tok_end - tok_begin + Cfg::kBlockN - 1) / Cfg::kBlockN);
+    const float scale_log2 = p.scale * softmax::kLog2e;
+
+    // S-phase rows of this thread: band * 16 + g and + 8.
+    int32_t vis[2];
+#pragma unroll
+    for (int i = 0; i < 2; ++i) vis[i] = visible(row0 + band * 16 + g + 8 * i, len);
+
+    bool bad = false;
+    issue_q(b);
+#pragma unroll
+    for (int st = 0; st < Cfg::kStages - 1; ++st) {
+      if (st < num_tiles) issue_kv(b, tok_begin + st * Cfg::kBlockN, tok_end, st, bad);
+      ptx::cp_async_commit();
+    }
+
+    float m[2] = {-CUDART_INF_F, -CUDART_INF_F};  // running row max, log2 domain
+    float l[2] = {0.0f, 0.0f};                    // this thread's share of the row sums
+    float acc[Cfg::kMTiles][Cfg::kONTiles][4];
+#pragma unroll
+    for (int mt = 0; mt < Cfg::kMTiles; ++mt)
+#pragma unroll
+      for (int nt = 0; nt < Cfg::kONTiles; ++nt)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) acc[mt][nt][e] = 0.0f;
+
+    for (int t = 0; t < num_tiles; ++t) {
+      const int slot = t % Cfg::kStages;
+      ptx::cp_async_wait<Cfg::kStages - 2>();
+      __syncthreads();  // A
+      {
+        const int next = t + Cfg::kStages - 1;
+        if (next < num_tiles) {
+          issue_kv(b, tok_begin + static_cast<int64_t>(next) * Cfg::kBlockN, tok_end,
+                   next % Cfg::kStages, bad);
+        }
+        ptx::cp_async_commit();
+      }
+
+      // ---- S = Q K^T for rows band*16.., tokens group*kSTokens.. ----
+      // kChains independent accumulators per n-tile (k-steps round robin) shorten the chain of
+      // dependent MMAs when a warp has few n-tiles.
+      constexpr int kChains = Cfg::kSNTiles >= 4 ? 1 : 4 / Cfg::kSNTiles;
+      float sc[Cfg::kSNTiles][4];
+      {
+        float part[kChains][Cfg::kSNTiles][4];
+#pragma unroll
+        for (int ch = 0; ch < kChains; ++ch)
+#pragma unroll
+          for (int nt = 0; nt < Cfg::kSNTiles; ++nt)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) part[ch][nt][e] = 0.0f;
+        const int a_row = band * 16 + (lane & 7) + ((lane >> 3) & 1) * 8;
+        const uint32_t a_base = q_addr() + a_row * Cfg::kRowBytes;
+        const int b_tok = group * Cfg::kSTokens + (lane & 7) + ((lane >> 4) << 3);
+        const uint32_t b_base = kv_addr(slot) + b_tok * Cfg::kRowBytes;
+        const int swz = lane & 7;  // row & 7 for every row these lanes address
+#pragma unroll
+        for (int ks = 0; ks < kHeadDimQK / 16; ++ks) {
+          float(&acc_s)[Cfg::kSNTiles][4] = part[ks % kChains];
+          uint32_t a[4];
+          ptx::ldmatrix_x4(a, a_base + (((2 * ks + (lane >> 4)) ^ swz) << 4));
+          if constexpr (Cfg::kSNTiles == 1) {
+            uint32_t bf[2];
+            ptx::ldmatrix_x2(bf, b_base + (((2 * ks + ((lane >> 3) & 1)) ^ swz) << 4));
+            ptx::mma_16816<Traits::kIsBf16>(acc_s[0], a, bf[0], bf[1]);
+          } else {
+#pragma unroll
+            for (int np = 0; np < Cfg::kSNTiles / 2; ++np) {
+              uint32_t bf[4];
+              ptx::ldmatrix_x4(bf, b_base + np * 16 * Cfg::kRowBytes +
+                                       (((2 * ks + ((lane >> 3) & 1)) ^ swz) << 4));
+              ptx::mma_16816<Traits::kIsBf16>(acc_s[2 * np], a, bf[0], bf[1]);
+              ptx::mma_16816<Traits::kIsBf16>(acc_s[2 * np + 1], a, bf[2], bf[3]);
+            }
+          }
+        }
+#pragma unroll
+        for (int nt = 0; nt < Cfg::kSNTiles; ++nt)
+#pragma unroll
+          for (int e = 0; e < 4; ++e) {
+            float v = part[0][nt][e];
+#pragma unroll
+            for (int ch = 1; ch < kChains; ++ch) v += part[ch][nt][e];
+            sc[nt][e] = v;
+          }
+      }
+
+      // ---- scale, mask, row max ----
+      // Row i sees tile columns [0, lim[i]).
+      const int64_t tile_tok = tok_begin + static_cast<int64_t>(t) * Cfg::kBlockN;
+      int lim[2];
+#pragma unroll
+      for (int i = 0; i < 2; ++i) {
+        lim[i] = static_cast<int>(max(int64_t{0}, min(int64_t{Cfg::kBlockN}, vis[i] - tile_tok)));
+      }
+      float tile_max[2] = {-CUDART_INF_F, -CUDART_INF_F};
+#pragma unroll
+      for (int nt = 0; nt < Cfg::kSNTiles; ++nt) {
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int i = e / 2;
+          const int col = group * Cfg::kSTokens + nt * 8 + 2 * c + (e & 1);
+          const float v = col < lim[i] ? sc[nt][e] * scale_log2 : -CUDART_INF_F;
+          sc[nt][e] = v;
+          tile_max[i] = fmaxf(tile_max[i], v);
+        }
+      }
+#pragma unroll
+      for (int i = 0; i < 2; ++i) {
+        tile_max[i] = softmax::quad_max(tile_max[i]);
+        if (c == 0) red_max()[group * Cfg::kRows + band * 16 + g + 8 * i] = tile_max[i];
+      }
+      __syncthreads();  // B
+
+      // ---- online softmax, P -> shared memory ----
+      {
+        float base[2];
+#pragma unroll
+        for (int i = 0; i < 2; ++i) {
+          const int rr = band * 16 + g + 8 * i;
+          float m_new = m[i];
+#pragma unroll
+          for (int gi = 0; gi < Cfg::kSGroups; ++gi)
+            m_new = fmaxf(m_new, red_max()[gi * Cfg::kRows + rr]);
+          base[i] = softmax::exp_base(m_new);
+          const float a = softmax::exp2(m[i] - base[i]);
+          l[i] *= a;
+          m[i] = m_new;
+          if (group == 0 && c == 0) alpha()[rr] = a;
+        }
+        uint8_t* p_tile = smem + Cfg::kPOffset;
+#pragma unroll
+        for (int nt = 0; nt < Cfg::kSNTiles; ++nt) {
+#pragma unroll
+          for (int i = 0; i < 2; ++i) {
+            const float p0 = softmax::exp2(sc[nt][2 * i] - base[i]);
+            const float p1 = softmax::exp2(sc[nt][2 * i + 1] - base[i]);
+            l[i] += p0 + p1;
+            const int rr = band * 16 + g + 8 * i;
+            const int col = group * Cfg::kSTokens + nt * 8 + 2 * c;
+            *reinterpret_cast<uint32_t*>(p_tile + p_chunk_offset<Cfg::kPChunks>(rr, col / 8) +
+                                         (col % 8) * 2) = Traits::pack(p0, p1);
+          }
+        }
+      }
+      __syncthreads();  // C
+
+      // ---- O = alpha * O + P V for columns [warp * kOCols, +kOCols) ----
+#pragma unroll
+      for (int mt = 0; mt < Cfg::kMTiles; ++mt) {
+        const float a0 = alpha()[mt * 16 + g], a1 = alpha()[mt * 16 + g + 8];
+#pragma unroll
+        for (int nt = 0; nt < Cfg::kONTiles; ++nt) {
+          acc[mt][nt][0] *= a0;
+          acc[mt][nt][1] *= a0;
+          acc[mt][nt][2] *= a1;
+          acc[mt][nt][3] *= a1;
+        }
+      }
+      {
+        const int v_tok = (lane & 7) + ((lane >> 3) & 1) * 8;
+        const uint32_t v_base = kv_addr(slot) + v_tok * Cfg::kRowBytes;
+        const int p_row = (lane & 7) + ((lane >> 3) & 1) * 8;
+#pragma unroll
+        for (int ks = 0; ks < Cfg::kBlockN / 16; ++ks) {
+          uint32_t pa[Cfg::kMTiles][4];
+#pragma unroll
+          for (int mt = 0; mt < Cfg::kMTiles; ++mt) {
+            ptx::ldmatrix_x4(pa[mt], p_addr() + p_chunk_offset<Cfg::kPChunks>(
+                                                    mt * 16 + p_row, 2 * ks + (lane >> 4)));
+          }
+#pragma unroll
+          for (int np = 0; np < Cfg::kONTiles / 2; ++np) {
+            const int chunk = warp * (Cfg::kOCols / 8) + 2 * np + (lane >> 4);
+            uint32_t vb[4];
+            ptx::ldmatrix_x4_trans(
+                vb, v_base + ks * 16 * Cfg::kRowBytes + (((chunk) ^ (lane & 7)) << 4));
+#pragma unroll
+            for (int mt = 0; mt < Cfg::kMTiles; ++mt) {
+              ptx::mma_16816<Traits::kIsBf16>(acc[mt][2 * np], pa[mt], vb[0], vb[1]);
+              ptx::mma_16816<Traits::kIsBf16>(acc[mt][2 * np + 1], pa[mt], vb[2], vb[3]);
+            }
+          }
+        }
+      }
+    }
+    ptx::cp_async_wait<0>();  // only empty groups can remain; keep the ring state clean
+
+    // ---- epilogue: row sums and maxima to shared memory, then each warp writes its columns ----
+#pragma unroll
+    for (int i = 0; i < 2; ++i) {
+      const float sum = softmax::quad_sum(l[i]);
+      const int rr = band * 16 + g + 8 * i;
+      if (c == 0) {
+        red_sum()[group * Cfg::kRows + rr] = sum;
+        if (group == 0) row_max()[rr] = m[i];
+      }
+    }
+    // Reduces the bad-page flag over the CTA and orders the writes above before the reads below.
+    bad = __syncthreads_or(bad);
+
+#pragma unroll
+    for (int mt = 0; mt < Cfg::kMTiles; ++mt) {
+#pragma unroll
+      for (int i = 0; i < 2; ++i) {
+        const int rr = mt * 16 + g + 8 * i;
+        const int r = row0 + rr;
+        float sum = 0.0f;
+#pragma unroll
+        for (int gi = 0; gi < Cfg::kSGroups; ++gi) sum += red_sum()[gi * Cfg::kRows + rr];
+        const float inv = sum > 0.0f ? 1.0f / sum : 0.0f;
+        const float lse = bad ? CUDART_NAN_F : softmax::natural_lse(row_max()[rr], sum);
+        if (r >= rows) continue;
+        const int col0 = warp * Cfg::kOCols + 2 * c;
+        if (split) {
+          const int64_t prow = static_cast<int64_t>(slot) * rows + r;
+          float* dst = s.partial_out + prow * kHeadDimV + col0;
+#pragma unroll
+          for (int nt = 0; nt < Cfg::kONTiles; ++nt) {
+            const float v0 = bad ? CUDART_NAN_F : acc[mt][nt][2 * i] * inv;
+            const float v1 = bad ? CUDART_NAN_F : acc[mt][nt][2 * i + 1] * inv;
+            *reinterpret_cast<float2*>(dst + nt * 8) = make_float2(v0, v1);
+          }
+          if (warp == 0 && c == 0) s.partial_lse[prow] = lse;
+        } else {
+          const int sq = r / p.h_q, h = r - sq * p.h_q;
+          Elem* dst = static_cast<Elem*>(p.out) + b * p.out_stride_b + sq * p.out_stride_s +
+                      h * p.out_stride_h + col0;
+#pragma unroll
+          for (int nt = 0; nt < Cfg::kONTiles; ++nt) {
+            const float v0 = bad ? CUDART_NAN_F : acc[mt][nt][2 * i] * inv;
+            const float v1 = bad ? CUDART_NAN_F : acc[mt][nt][2 * i + 1] * inv;
+            *reinterpret_cast<uint32_t*>(dst + nt * 8) = Traits::pack(v0, v1);
+          }
+          if (warp == 0 && c == 0 && p.lse != nullptr) {
+            p.lse[b * p.lse_stride_b + sq * p.lse_stride_s + h * p.lse_stride_h] = lse;
+          }
+        }
+      }
+    }
+    __syncthreads();  // the next item overwrites Q, P and the exchange buffers
+  }
+};
+
+template <typename Cfg, typename Traits>
+__global__ void __launch_bounds__(Cfg::kThreads, 1)
+    decode_kernel(const __grid_constant__ detail::DecodeProblem p,
+                  const __grid_constant__ ScheduleView s) {
+  extern __shared__ __align__(128) uint8_t smem[];
+  // Launched as a programmatic dependent of the scheduler (or the previous combine) on Hopper:
+  // nothing of the schedule or the inputs is read before the previous grid has completed.
+  ptx::grid_dependency_wait();
+  ptx::launch_dependents();
+  DecodeCta<Cfg, Traits> cta{p,
+                             s,
+                             smem,
+                             static_cast<int>(threadIdx.x / 32),
+                             static_cast<int>(threadIdx.x % 32),
+                             static_cast<int>(blockIdx.y) * Cfg::kRows,
+                             p.s_q * p.h_q};
+  const int part = blockIdx.x;
+  const int64_t total = s.header->total_cost;
+  const int64_t part_cost = s.header->part_cost;
+  const int64_t c0 = part * part_cost;
+  if (c0 >= total) return;
+  const int64_t c1 = min(c0 + part_cost, total);
+  const int32_t first = s.part_first[part];
+  for (int32_t b = first; b < p.batch; ++b) {
+    const int64_t begin = s.prefix[b];
+    if (begin >= c1) break;
+    const int64_t end = s.prefix[b + 1];
+    const int64_t blocks_begin = begin + kRequestOverhead;  // cost position of block 0
+    const int32_t len = s.lens[b];
+    if (end == blocks_begin) {  // no blocks: empty request or bad seq_len
+      if (begin >= c0) cta.write_empty(b, len < 0);
+      continue;
+    }
+    const int64_t k0 = max(c0, blocks_begin) - blocks_begin;
+    const int64_t k1 = min(c1, end) - blocks_begin;
+    if (k1 <= k0) continue;  // this range holds only the request's overhead
+    const bool split = c0 > blocks_begin || c1 < end;
+    const int slot = 2 * part + (b == first ? 0 : 1);
+    cta.run_item(b, len, k0 * kScheduleBlock, min(k1 * kScheduleBlock, static_cast<int64_t>(len)),
+                 split, slot);
+  }
+}
+
+}  // namespace mla::cuda::sm80

@@ -1,0 +1,116 @@
+// Workspace layout of the CUDA decode path. Its size depends on (batch, rows = s_q * h_q, number
+// of CTA partitions) only, and the partition count on the SM count and the row tile, so an engine
+// allocates it once per shape. plan() rewrites the header and the schedule on every step; partial
+// results are written and read within one decode_planned().
+//
+//   offset 0      WorkspaceHeader            error key, schedule totals
+//   prefix        int64 [batch + 1]          cost prefix over requests (in 64-token blocks)
+//   lens          int32 [batch]              seq_len, or -1 for a request with a bad seq_len
+//   part_first    int32 [num_parts]          first request whose cost range holds the partition
+//   start merges        MergeTask [num_parts]      the request partition p's combine CTAs merge, if
+//   any partial_lse   float [2 * num_parts, rows]     natural-log LSE of each partial partial_out
+//   float [2 * num_parts, rows, 512] normalised partial outputs
+//
+// Every section starts on a 256-byte boundary. Partition p owns partial slots 2p (its first
+// request) and 2p + 1 (its last request): only these two can be cut by its range.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cstddef>
+#include <cstdint>
+
+#include "mla/mla.h"
+
+namespace mla::cuda {
+
+// Schedule granularity: one unit of work is 64 consecutive tokens of one request.
+inline constexpr int kScheduleBlock = 64;
+// Cost, in blocks, charged to each request on top of its blocks: loading its queries, filling the
+// pipeline and writing its rows. Empty requests cost only this.
+inline constexpr int kRequestOverhead = 2;
+
+// Error reasons, kept in bits 32..35 of the error key.
+enum class DataError : uint32_t {
+  kNone = 0,
+  kNegativeSeqLen = 1,
+  kSeqLenTooLong = 2,
+  kBadPage = 3
+};
+
+// Key of a data error: ordered by request first, so an atomicMin keeps the lowest bad request.
+// `value` is the bad seq_len, or the block-table position of the bad page id.
+__host__ __device__ inline unsigned long long error_key(int32_t request, DataError reason,
+                                                        int32_t value) {
+  return (static_cast<unsigned long long>(request) << 36) |
+         (static_cast<unsigned long long>(reason) << 32) | static_cast<uint32_t>(value);
+}
+inline constexpr unsigned long long kNoError = ~0ull;
+
+// The split request whose first cut lies at the end of partition p: its splits are partitions
+// first = p .. last, and split p's partial sits in slot first_slot (later splits q in slot 2q).
+// request = -1: nothing to merge. One 16-byte load for the combine kernel.
+struct alignas(16) MergeTask {
+  int32_t request;
+  int32_t last;
+  int32_t first_slot;
+  int32_t unused;
+};
+
+struct WorkspaceHeader {
+  unsigned long long error_key;  // kNoError or error_key(...) of the lowest bad request
+  int64_t total_cost;            // sum over requests of blocks + kRequestOverhead
+  int64_t part_cost;             // cost range of one partition: ceil(total_cost / num_parts)
+};
+
+inline constexpr size_t align256(size_t n) { return (n + 255) / 256 * 256; }
+
+struct WorkspaceLayout {
+  int32_t batch = 0;
+  int32_t rows = 0;       // s_q * h_q
+  int32_t num_parts = 0;  // CTA partitions of the KV work (per row tile)
+  size_t prefix = 0, lens = 0, part_first = 0, merges = 0, partial_lse = 0, partial_out = 0;
+  size_t bytes = 0;
+
+  static WorkspaceLayout make(int32_t batch, int32_t rows, int32_t num_parts) {
+    WorkspaceLayout l;
+    l.batch = batch;
+    l.rows = rows;
+    l.num_parts = num_parts;
+    const size_t slots = 2 * static_cast<size_t>(num_parts);
+    l.prefix = align256(sizeof(WorkspaceHeader));
+    l.lens = l.prefix + align256(sizeof(int64_t) * (static_cast<size_t>(batch) + 1));
+    l.part_first = l.lens + align256(sizeof(int32_t) * static_cast<size_t>(batch));
+    l.merges = l.part_first + align256(sizeof(int32_t) * static_cast<size_t>(num_parts));
+    l.partial_lse = l.merges + align256(sizeof(MergeTask) * static_cast<size_t>(num_parts));
+    l.partial_out = l.partial_lse + align256(sizeof(float) * slots * rows);
+    l.bytes = l.partial_out + align256(sizeof(float) * slots * rows * kHeadDimV);
+    return l;
+  }
+};
+
+// Device-side view of one workspace, shared by the scheduler, decode and combine kernels.
+struct ScheduleView {
+  WorkspaceHeader* header;
+  int64_t* prefix;      // [batch + 1]
+  int32_t* lens;        // [batch]
+  int32_t* part_first;  // [num_parts]
+  MergeTask* merges;    // [num_parts]
+  float* partial_lse;   // [2 * num_parts, rows]
+  float* partial_out;   // [2 * num_parts, rows, 512]
+  int32_t num_parts;
+
+  static ScheduleView make(void* workspace, const WorkspaceLayout& l) {
+    char* base = static_cast<char*>(workspace);
+    return ScheduleView{reinterpret_cast<WorkspaceHeader*>(base),
+                        reinterpret_cast<int64_t*>(base + l.prefix),
+                        reinterpret_cast<int32_t*>(base + l.lens),
+                        reinterpret_cast<int32_t*>(base + l.part_first),
+                        reinterpret_cast<MergeTask*>(base + l.merges),
+                        reinterpret_cast<float*>(base + l.partial_lse),
+                        reinterpret_cast<float*>(base + l.partial_out),
+                        l.num_parts};
+  }
+};
+
+}  // namespace mla::cuda
