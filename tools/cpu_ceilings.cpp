@@ -3,7 +3,10 @@
 // latency. Each ISA variant is compiled with a target attribute and chosen by cpuid at run time.
 #include "cpu_ceilings.h"
 
+#if defined(__x86_64__) || defined(__i386__)
 #include <immintrin.h>
+#define MLA_CEILINGS_X86 1
+#endif
 
 #include <algorithm>
 #include <atomic>
@@ -17,9 +20,10 @@
 namespace mla::tools {
 namespace {
 
-constexpr int64_t kFmaIters = 1 << 24;
+constexpr int64_t kFmaIters = int64_t{1} << 26;
 
 // Each kernel returns a value derived from every accumulator so none of the chains is dead.
+#if MLA_CEILINGS_X86
 __attribute__((target("avx512f"))) float fma_avx512(int64_t iters) {
   constexpr int kChains = 24;  // 32 zmm registers; > 4 cycles x 2 ports
   __m512 acc[kChains];
@@ -56,21 +60,22 @@ __attribute__((target("avx2,fma"))) float fma_avx2(int64_t iters) {
   return total;
 }
 
-// Without FMA hardware: separate multiply and add on SSE2 (baseline x86-64), counted as FMAs.
+#endif
+
+// Portable fallback: plain float chains for the compiler to vectorise for the baseline ISA
+// (separate multiply and add where it has no FMA), counted as FMAs.
 float fma_generic(int64_t iters) {
-  constexpr int kChains = 8;
-  __m128 acc[kChains];
-  for (int i = 0; i < kChains; ++i) acc[i] = _mm_set1_ps(static_cast<float>(i));
-  const __m128 a = _mm_set1_ps(0.999999f), b = _mm_set1_ps(1e-7f);
+  constexpr int kChains = 32;
+  float acc[kChains];
+  for (int i = 0; i < kChains; ++i) acc[i] = static_cast<float>(i);
+  const float a = 0.999999f, b = 1e-7f;
   for (int64_t it = 0; it < iters; ++it) {
 #pragma GCC unroll 32
-    for (int i = 0; i < kChains; ++i) acc[i] = _mm_add_ps(_mm_mul_ps(acc[i], a), b);
+    for (int i = 0; i < kChains; ++i) acc[i] = acc[i] * a + b;
   }
-  __m128 sum = acc[0];
-  for (int i = 1; i < kChains; ++i) sum = _mm_add_ps(sum, acc[i]);
-  float lanes[4];
-  _mm_storeu_ps(lanes, sum);
-  return lanes[0] + lanes[1] + lanes[2] + lanes[3];
+  float total = 0.0f;
+  for (float v : acc) total += v;
+  return total;
 }
 
 // Runs body(thread_index) on `threads` threads released together; returns the wall seconds
@@ -99,13 +104,15 @@ double timed_parallel(int threads, F&& body) {
 double measure_cpu_fma_gflops(int threads) {
   threads = std::max(threads, 1);
   float (*kernel)(int64_t) = fma_generic;
-  int chains = 8, lanes = 4;
+  int chains = 32, lanes = 1;
+#if MLA_CEILINGS_X86
   __builtin_cpu_init();
   if (__builtin_cpu_supports("avx512f")) {
     kernel = fma_avx512, chains = 24, lanes = 16;
   } else if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) {
     kernel = fma_avx2, chains = 12, lanes = 8;
   }
+#endif
   std::vector<float> sink(threads);
   double best = 0.0;
   for (int rep = 0; rep < 3; ++rep) {

@@ -39,9 +39,9 @@ constexpr double kUnitOverheadTokens = 16.0;
 constexpr int64_t kAlign = 64;  // bytes; every workspace section starts on a cache line
 
 struct Layout {
-  int64_t cap;               // row-tile capacity (padded rows)
-  int64_t scratch_stride;    // floats per thread of kernel scratch
-  int64_t partial_stride;    // floats per partial
+  int64_t cap;             // row-tile capacity (padded rows)
+  int64_t scratch_stride;  // floats per thread of kernel scratch
+  int64_t partial_stride;  // floats per partial
   int64_t num_partials;
   size_t bytes;
 };
@@ -52,8 +52,8 @@ Layout layout(int64_t rows, int num_threads) {
   l.scratch_stride = fast::round_up(fast::scratch_floats(l.cap), kAlign / sizeof(float));
   l.partial_stride = fast::round_up(fast::partial_floats(l.cap), kAlign / sizeof(float));
   l.num_partials = 2 * static_cast<int64_t>(num_threads);
-  l.bytes = sizeof(float) * static_cast<size_t>(l.scratch_stride * num_threads +
-                                                l.partial_stride * l.num_partials);
+  l.bytes = sizeof(float) *
+            static_cast<size_t>(l.scratch_stride * num_threads + l.partial_stride * l.num_partials);
   return l;
 }
 
@@ -201,8 +201,7 @@ Status decode(const DecodeProblem& p, void* workspace, size_t workspace_bytes, i
     }
   });
   if (sch.merge_rows > 0) {
-    const int merge_threads =
-        static_cast<int>(std::min<int64_t>(num_threads, sch.merge_rows));
+    const int merge_threads = static_cast<int>(std::min<int64_t>(num_threads, sch.merge_rows));
     pool.run(merge_threads, [&](int t) {
       merge_rows(p, lay, sch, partials, sch.merge_rows * t / merge_threads,
                  sch.merge_rows * (t + 1) / merge_threads);

@@ -53,14 +53,14 @@ struct Avx2Ops {
   static void load_halves(const uint16_t* src, float* dst, int n, detail::ElemType type) {
     if (type == detail::ElemType::kBFloat16) {
       for (int i = 0; i < n; i += 8) {
-        const __m256i w = _mm256_cvtepu16_epi32(
-            _mm_loadu_si128(reinterpret_cast<const __m128i*>(src + i)));
+        const __m256i w =
+            _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(src + i)));
         _mm256_storeu_ps(dst + i, _mm256_castsi256_ps(_mm256_slli_epi32(w, 16)));
       }
     } else {
       for (int i = 0; i < n; i += 8) {
-        _mm256_storeu_ps(dst + i,
-                         _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(src + i))));
+        _mm256_storeu_ps(
+            dst + i, _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(src + i))));
       }
     }
   }
@@ -90,7 +90,7 @@ struct Avx2Ops {
 }  // namespace
 
 const KernelTable& avx2_kernels() {
-  static const KernelTable table{"avx2", run_piece<Avx2Ops>};
+  static const KernelTable table{"avx2", run_piece<Avx2Ops, false>};
   return table;
 }
 

@@ -23,23 +23,37 @@ struct GenericOps {
     return r;
   }
   static V zero() { return set1(0.0f); }
-  static V set1(float a) { return map([&](int) { return a; }); }
-  static V load(const float* p) { return map([&](int i) { return p[i]; }); }
+  static V set1(float a) {
+    return map([&](int) { return a; });
+  }
+  static V load(const float* p) {
+    return map([&](int i) { return p[i]; });
+  }
   static V bcast(const float* p) { return set1(*p); }
   static void store(float* p, V a) {
     for (int i = 0; i < kWidth; ++i) p[i] = a.x[i];
   }
-  static V fma(V a, V b, V c) { return map([&](int i) { return a.x[i] * b.x[i] + c.x[i]; }); }
-  static V add(V a, V b) { return map([&](int i) { return a.x[i] + b.x[i]; }); }
-  static V sub(V a, V b) { return map([&](int i) { return a.x[i] - b.x[i]; }); }
-  static V max(V a, V b) { return map([&](int i) { return a.x[i] > b.x[i] ? a.x[i] : b.x[i]; }); }
+  static V fma(V a, V b, V c) {
+    return map([&](int i) { return a.x[i] * b.x[i] + c.x[i]; });
+  }
+  static V add(V a, V b) {
+    return map([&](int i) { return a.x[i] + b.x[i]; });
+  }
+  static V sub(V a, V b) {
+    return map([&](int i) { return a.x[i] - b.x[i]; });
+  }
+  static V max(V a, V b) {
+    return map([&](int i) { return a.x[i] > b.x[i] ? a.x[i] : b.x[i]; });
+  }
   static V mask_ge(V a, V t, V lim, V fill) {
     return map([&](int i) { return t.x[i] >= lim.x[i] ? fill.x[i] : a.x[i]; });
   }
   static V mask_eq(V a, V value, V fill) {
     return map([&](int i) { return a.x[i] == value.x[i] ? fill.x[i] : a.x[i]; });
   }
-  static V exp2(V a) { return map([&](int i) { return std::exp2(a.x[i]); }); }
+  static V exp2(V a) {
+    return map([&](int i) { return std::exp2(a.x[i]); });
+  }
 
   static void load_halves(const uint16_t* src, float* dst, int n, detail::ElemType type) {
     if (type == detail::ElemType::kBFloat16) {
@@ -60,7 +74,7 @@ struct GenericOps {
 }  // namespace
 
 const KernelTable& generic_kernels() {
-  static const KernelTable table{"generic", run_piece<GenericOps>};
+  static const KernelTable table{"generic", run_piece<GenericOps, false>};
   return table;
 }
 

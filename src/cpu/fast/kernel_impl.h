@@ -5,8 +5,8 @@
 // Schedule of one piece (request b, row tile of R <= 64 rows, keys [k0, k1)):
 //   1. q rows -> fp32 q^T [576][R], pre-multiplied by softmax_scale * log2(e) (softmax in
 //      base 2); rows sit in vector lanes.
-//   2. For each KV tile of up to 48 tokens: gather the tokens through the block table and
-//      convert them to fp32 once, kv [48][576] (the first 512 columns are V, so K and V come
+//   2. For each KV tile of up to 96 tokens: gather the tokens through the block table and
+//      convert them to fp32 once, kv [96][576] (the first 512 columns are V, so K and V come
 //      from one conversion). Then
 //        S^T[t][r] = kv[t] . q^T[:, r]      register-blocked: broadcast kv[t][d] x q^T row
 //        online softmax per row (lanes), masked keys -> -inf, P overwrites S
@@ -14,6 +14,9 @@
 //      Keeping rows in lanes means neither K nor V is ever transposed: both micro-kernels
 //      broadcast a scalar of the kv tile against a row vector of q^T or P.
 //   3. Normalise and write out/lse (or the split partial).
+// With kBf16Dot (the opt-in AVX512-BF16 variant, see isa.h) and bf16 data, step 1 keeps q as
+// raw bf16 pairs and the scores come from vdpbf16ps on the raw bf16 tile (two exact products
+// per lane per instruction, fp32 accumulation, half the instructions); only V is converted.
 // Keys at or beyond seq_len are never loaded (the tile is cut at k1 <= seq_len); padding
 // tokens of the last tile are zero-filled, then masked, so their P is exactly 0 and their V is
 // 0 (never 0 * NaN).
@@ -40,32 +43,83 @@ constexpr int kTokenAlign = 24;
 
 // S^T[i][rv*W..] for NB tokens x RV row vectors over the full 576-wide dot product. The
 // NB * RV accumulators stay in registers; each step loads RV q vectors and broadcasts NB kv
-// values.
-template <class Ops, int RV, int NB>
-MLA_ALWAYS_INLINE void qk_block(const float* qt, int64_t ld, const float* kv, float* s) {
+// values. With kPrefetch, every 32 steps also prefetches one cache line of each of the NB
+// tokens `pf` points at (the next KV tile), spreading the next tile's DRAM traffic over this
+// tile's FMAs instead of stalling the conversion on it.
+template <class Ops, int RV, int NB, bool kPrefetch>
+MLA_ALWAYS_INLINE void qk_block(const float* qt, int64_t ld, const float* kv, float* s,
+                                const uint16_t* const* pf) {
   using V = typename Ops::V;
   constexpr int W = Ops::kWidth;
+  constexpr int kLineHalves = 32;  // 64-byte line of 16-bit elements
   V acc[NB][RV];
 #pragma GCC unroll 32
   for (int i = 0; i < NB; ++i) {
 #pragma GCC unroll 4
     for (int v = 0; v < RV; ++v) acc[i][v] = Ops::zero();
   }
-  for (int d = 0; d < kHeadDimQK; ++d) {
-    V q[RV];
-#pragma GCC unroll 4
-    for (int v = 0; v < RV; ++v) q[v] = Ops::load(qt + d * ld + v * W);
+  for (int d0 = 0; d0 < kHeadDimQK; d0 += kLineHalves) {
+    if constexpr (kPrefetch) {
 #pragma GCC unroll 32
-    for (int i = 0; i < NB; ++i) {
-      const V k = Ops::bcast(kv + i * kHeadDimQK + d);
+      for (int i = 0; i < NB; ++i) __builtin_prefetch(pf[i] + d0, 0, 3);
+    }
+    for (int d = d0; d < d0 + kLineHalves; ++d) {
+      V q[RV];
 #pragma GCC unroll 4
-      for (int v = 0; v < RV; ++v) acc[i][v] = Ops::fma(q[v], k, acc[i][v]);
+      for (int v = 0; v < RV; ++v) q[v] = Ops::load(qt + d * ld + v * W);
+#pragma GCC unroll 32
+      for (int i = 0; i < NB; ++i) {
+        const V k = Ops::bcast(kv + i * kHeadDimQK + d);
+#pragma GCC unroll 4
+        for (int v = 0; v < RV; ++v) acc[i][v] = Ops::fma(q[v], k, acc[i][v]);
+      }
     }
   }
 #pragma GCC unroll 32
   for (int i = 0; i < NB; ++i) {
 #pragma GCC unroll 4
     for (int v = 0; v < RV; ++v) Ops::store(s + i * ld + v * W, acc[i][v]);
+  }
+}
+
+// qk_block for the AVX512-BF16 path: q2 holds q^T as bf16 pairs [288][ld] (lane r of pair p =
+// q[r][2p], q[r][2p + 1]); raw is the bf16 tile [NB][576]. Each vdpbf16ps adds two exact
+// products per lane; `scale` (softmax_scale * log2 e) is applied once at the end.
+template <class Ops, int RV, int NB, bool kPrefetch>
+MLA_ALWAYS_INLINE void qk_block_bf16(const uint32_t* q2, int64_t ld, const uint16_t* raw, float* s,
+                                     const uint16_t* const* pf, float scale) {
+  using V = typename Ops::V;
+  using VI = typename Ops::VI;
+  constexpr int W = Ops::kWidth;
+  constexpr int kLineHalves = 32;
+  V acc[NB][RV];
+#pragma GCC unroll 32
+  for (int i = 0; i < NB; ++i) {
+#pragma GCC unroll 4
+    for (int v = 0; v < RV; ++v) acc[i][v] = Ops::zero();
+  }
+  for (int d0 = 0; d0 < kHeadDimQK; d0 += kLineHalves) {
+    if constexpr (kPrefetch) {
+#pragma GCC unroll 32
+      for (int i = 0; i < NB; ++i) __builtin_prefetch(pf[i] + d0, 0, 3);
+    }
+    for (int d = d0; d < d0 + kLineHalves; d += 2) {
+      VI q[RV];
+#pragma GCC unroll 4
+      for (int v = 0; v < RV; ++v) q[v] = Ops::load_pairs(q2 + (d / 2) * ld + v * W);
+#pragma GCC unroll 32
+      for (int i = 0; i < NB; ++i) {
+        const VI k = Ops::bcast_pair(raw + i * kHeadDimQK + d);
+#pragma GCC unroll 4
+        for (int v = 0; v < RV; ++v) acc[i][v] = Ops::dot_bf16(acc[i][v], q[v], k);
+      }
+    }
+  }
+  const V vscale = Ops::set1(scale);
+#pragma GCC unroll 32
+  for (int i = 0; i < NB; ++i) {
+#pragma GCC unroll 4
+    for (int v = 0; v < RV; ++v) Ops::store(s + i * ld + v * W, Ops::mul(acc[i][v], vscale));
   }
 }
 
@@ -102,19 +156,65 @@ MLA_ALWAYS_INLINE void pv_block(const float* p, int64_t ld, const float* kv, int
   }
 }
 
-// Scores of one KV tile for all row vectors: pairs of vectors first, then an odd one.
+// Scores of one KV tile for all row vectors: pairs of vectors first, then an odd one. The
+// first row block prefetches the next tile's tokens (`next`, one pointer per token).
 template <class Ops>
-void tile_scores(const float* qt, int64_t ld, const float* kv, int ntok, float* s) {
+void tile_scores(const float* qt, int64_t ld, const float* kv, int ntok, float* s,
+                 const uint16_t* const* next) {
   constexpr int W = Ops::kWidth;
   int64_t r = 0;
+  if (2 * W <= ld) {
+    for (int t = 0; t < ntok; t += Ops::kQkTokens2) {
+      qk_block<Ops, 2, Ops::kQkTokens2, true>(qt, ld, kv + t * kHeadDimQK, s + t * ld, next + t);
+    }
+    r = 2 * W;
+  }
   for (; r + 2 * W <= ld; r += 2 * W) {
     for (int t = 0; t < ntok; t += Ops::kQkTokens2) {
-      qk_block<Ops, 2, Ops::kQkTokens2>(qt + r, ld, kv + t * kHeadDimQK, s + t * ld + r);
+      qk_block<Ops, 2, Ops::kQkTokens2, false>(qt + r, ld, kv + t * kHeadDimQK, s + t * ld + r,
+                                               nullptr);
     }
   }
   if (r < ld) {
     for (int t = 0; t < ntok; t += Ops::kQkTokens1) {
-      qk_block<Ops, 1, Ops::kQkTokens1>(qt + r, ld, kv + t * kHeadDimQK, s + t * ld + r);
+      if (r == 0) {
+        qk_block<Ops, 1, Ops::kQkTokens1, true>(qt, ld, kv + t * kHeadDimQK, s + t * ld, next + t);
+      } else {
+        qk_block<Ops, 1, Ops::kQkTokens1, false>(qt + r, ld, kv + t * kHeadDimQK, s + t * ld + r,
+                                                 nullptr);
+      }
+    }
+  }
+}
+
+// tile_scores for the AVX512-BF16 path (same blocking, bf16 pair dot products).
+template <class Ops>
+void tile_scores_bf16(const uint32_t* q2, int64_t ld, const uint16_t* raw, int ntok, float* s,
+                      const uint16_t* const* next, float scale) {
+  constexpr int W = Ops::kWidth;
+  int64_t r = 0;
+  if (2 * W <= ld) {
+    for (int t = 0; t < ntok; t += Ops::kQkTokens2) {
+      qk_block_bf16<Ops, 2, Ops::kQkTokens2, true>(q2, ld, raw + t * kHeadDimQK, s + t * ld,
+                                                   next + t, scale);
+    }
+    r = 2 * W;
+  }
+  for (; r + 2 * W <= ld; r += 2 * W) {
+    for (int t = 0; t < ntok; t += Ops::kQkTokens2) {
+      qk_block_bf16<Ops, 2, Ops::kQkTokens2, false>(q2 + r, ld, raw + t * kHeadDimQK,
+                                                    s + t * ld + r, nullptr, scale);
+    }
+  }
+  if (r < ld) {
+    for (int t = 0; t < ntok; t += Ops::kQkTokens1) {
+      if (r == 0) {
+        qk_block_bf16<Ops, 1, Ops::kQkTokens1, true>(q2, ld, raw + t * kHeadDimQK, s + t * ld,
+                                                     next + t, scale);
+      } else {
+        qk_block_bf16<Ops, 1, Ops::kQkTokens1, false>(q2 + r, ld, raw + t * kHeadDimQK,
+                                                      s + t * ld + r, nullptr, scale);
+      }
     }
   }
 }
@@ -154,8 +254,8 @@ void tile_softmax(float* s, int64_t ld, int ntok, const float* lim, float* m, fl
     const V limit = Ops::load(lim + r);
     V tile_max = neg_inf;
     for (int t = 0; t < ntok; ++t) {
-      const V x = Ops::mask_ge(Ops::load(s + t * ld + r), Ops::set1(static_cast<float>(t)), limit,
-                               neg_inf);
+      const V x =
+          Ops::mask_ge(Ops::load(s + t * ld + r), Ops::set1(static_cast<float>(t)), limit, neg_inf);
       Ops::store(s + t * ld + r, x);
       tile_max = Ops::max(tile_max, x);
     }
@@ -176,23 +276,30 @@ void tile_softmax(float* s, int64_t ld, int ntok, const float* lim, float* m, fl
   }
 }
 
-template <class Ops>
+// kBf16Dot: scores by vdpbf16ps from raw bf16 (only instantiated for Ops that have it, and
+// only called for bf16 data).
+template <class Ops, bool kBf16Dot>
 void run_piece(const DecodeProblem& p, const Piece& pc, float* scratch) {
   constexpr int W = Ops::kWidth;
   // Scratch layout of kernel.h; the leading dimension of every [..][rows] array is ld.
   const int64_t cap = tile_capacity(p.rows());
   const int64_t ld = round_up(pc.nrows, W);
-  float* qt = scratch;                          // [576][ld]
-  float* s = qt + kHeadDimQK * cap;             // [kKvTile][ld]
-  float* ot = s + kKvTile * cap;                // [512][ld]
-  float* kv = ot + kHeadDimV * cap;             // [kKvTile][576]
-  float* m = kv + kKvTile * kHeadDimQK;         // [ld]
-  float* l = m + cap;                           // [ld]
-  float* alpha = l + cap;                       // [ld]
-  float* lim = alpha + cap;                     // [ld]
+  float* qt = scratch;                   // [576][ld]
+  float* s = qt + kHeadDimQK * cap;      // [kKvTile][ld]
+  float* ot = s + kKvTile * cap;         // [512][ld]
+  float* kv = ot + kHeadDimV * cap;      // [kKvTile][576]
+  float* m = kv + kKvTile * kHeadDimQK;  // [ld]
+  float* l = m + cap;                    // [ld]
+  float* alpha = l + cap;                // [ld]
+  float* lim = alpha + cap;              // [ld]
+  // AVX512-BF16 path: q^T as bf16 pairs in place of the fp32 q^T, and the raw bf16 tile.
+  uint32_t* q2 = reinterpret_cast<uint32_t*>(qt);          // [288][ld]
+  uint16_t* raw = reinterpret_cast<uint16_t*>(lim + cap);  // [kKvTile][576]
   alignas(64) float row[kHeadDimQK];
+  const uint16_t* next[kKvTile];
 
-  // 1. q^T, scaled into the base-2 domain; padding rows are 0 and fully masked below.
+  // 1. q^T, scaled into the base-2 domain (bf16-dot path: raw pairs, scaled after the dot);
+  //    padding rows are 0 and fully masked below.
   const float qscale = p.scale * kLog2e;
   int64_t visible[kMaxTileRows];
   const int64_t seq_len = p.seq_lens[pc.b * p.seq_lens_stride];
@@ -205,9 +312,20 @@ void run_piece(const DecodeProblem& p, const Piece& pc, float* scratch) {
                            s_idx * p.q_nope_stride_s + h * p.q_nope_stride_h;
       const uint16_t* qp = static_cast<const uint16_t*>(p.q_pe) + pc.b * p.q_pe_stride_b +
                            s_idx * p.q_pe_stride_s + h * p.q_pe_stride_h;
-      Ops::load_halves(qn, row, kHeadDimV, p.dtype);
-      Ops::load_halves(qp, row + kHeadDimV, kHeadDimRope, p.dtype);
-      for (int d = 0; d < kHeadDimQK; ++d) qt[d * ld + r] = row[d] * qscale;
+      if constexpr (kBf16Dot) {
+        for (int d = 0; d < kHeadDimV; d += 2) {
+          q2[(d / 2) * ld + r] = qn[d] | static_cast<uint32_t>(qn[d + 1]) << 16;
+        }
+        for (int d = 0; d < kHeadDimRope; d += 2) {
+          q2[((kHeadDimV + d) / 2) * ld + r] = qp[d] | static_cast<uint32_t>(qp[d + 1]) << 16;
+        }
+      } else {
+        Ops::load_halves(qn, row, kHeadDimV, p.dtype);
+        Ops::load_halves(qp, row + kHeadDimV, kHeadDimRope, p.dtype);
+        for (int d = 0; d < kHeadDimQK; ++d) qt[d * ld + r] = row[d] * qscale;
+      }
+    } else if constexpr (kBf16Dot) {
+      for (int d = 0; d < kHeadDimQK / 2; ++d) q2[d * ld + r] = 0;
     } else {
       for (int d = 0; d < kHeadDimQK; ++d) qt[d * ld + r] = 0.0f;
     }
@@ -220,15 +338,29 @@ void run_piece(const DecodeProblem& p, const Piece& pc, float* scratch) {
   const uint16_t* cache = static_cast<const uint16_t*>(p.kv);
   const int32_t* pages = p.block_table + pc.b * p.block_table_stride;
   const int64_t in_page = p.page_size - 1;
+  auto token = [&](int64_t j) {
+    return cache + static_cast<int64_t>(pages[j >> p.page_shift]) * p.kv_stride_page +
+           (j & in_page) * p.kv_stride_row;
+  };
   for (int64_t t0 = pc.k0; t0 < pc.k1; t0 += kKvTile) {
     const int n = static_cast<int>(pc.k1 - t0 < kKvTile ? pc.k1 - t0 : kKvTile);
     const int ntok = static_cast<int>(round_up(n, kTokenAlign));
     for (int t = 0; t < n; ++t) {
-      const int64_t j = t0 + t;
-      const uint16_t* src = cache + static_cast<int64_t>(pages[j >> p.page_shift]) *
-                                        p.kv_stride_page +
-                            (j & in_page) * p.kv_stride_row;
-      Ops::load_halves(src, kv + t * kHeadDimQK, kHeadDimQK, p.dtype);
+      if constexpr (kBf16Dot) {
+        std::memcpy(raw + t * kHeadDimQK, token(t0 + t), sizeof(uint16_t) * kHeadDimQK);
+        Ops::load_halves(raw + t * kHeadDimQK, kv + t * kHeadDimQK, kHeadDimV, p.dtype);
+      } else {
+        Ops::load_halves(token(t0 + t), kv + t * kHeadDimQK, kHeadDimQK, p.dtype);
+      }
+    }
+    if constexpr (kBf16Dot) {
+      std::memset(raw + n * kHeadDimQK, 0, sizeof(uint16_t) * (ntok - n) * kHeadDimQK);
+    }
+    // Tokens of the next tile, for tile_scores to prefetch; beyond the piece's keys, a token
+    // of this tile (already cached) so that dead pages are never touched.
+    for (int t = 0; t < ntok; ++t) {
+      const int64_t j = t0 + kKvTile + t;
+      next[t] = token(j < pc.k1 ? j : t0);
     }
     std::memset(kv + n * kHeadDimQK, 0, sizeof(float) * (ntok - n) * kHeadDimQK);
     // Keys of this tile visible to each row: [0, lim) (causal rows see fewer; padding none).
@@ -236,7 +368,11 @@ void run_piece(const DecodeProblem& p, const Piece& pc, float* scratch) {
       const int64_t v = r < pc.nrows ? visible[r] - t0 : 0;
       lim[r] = static_cast<float>(v < 0 ? 0 : (v > n ? n : v));
     }
-    tile_scores<Ops>(qt, ld, kv, ntok, s);
+    if constexpr (kBf16Dot) {
+      tile_scores_bf16<Ops>(q2, ld, raw, ntok, s, next, qscale);
+    } else {
+      tile_scores<Ops>(qt, ld, kv, ntok, s, next);
+    }
     tile_softmax<Ops>(s, ld, ntok, lim, m, l, alpha);
     tile_values<Ops>(s, ld, kv, ntok, ot, alpha);
   }
@@ -256,8 +392,8 @@ void run_piece(const DecodeProblem& p, const Piece& pc, float* scratch) {
     for (int c = 0; c < kHeadDimV; ++c) row[c] = ot[c * ld + r] * inv;
     const int32_t s_idx = (pc.row0 + static_cast<int32_t>(r)) / p.h_q;
     const int32_t h = (pc.row0 + static_cast<int32_t>(r)) % p.h_q;
-    uint16_t* out = static_cast<uint16_t*>(p.out) + pc.b * p.out_stride_b +
-                    s_idx * p.out_stride_s + h * p.out_stride_h;
+    uint16_t* out = static_cast<uint16_t*>(p.out) + pc.b * p.out_stride_b + s_idx * p.out_stride_s +
+                    h * p.out_stride_h;
     Ops::store_halves(row, out, kHeadDimV, p.dtype);
     if (p.lse != nullptr) {
       p.lse[pc.b * p.lse_stride_b + s_idx * p.lse_stride_s + h * p.lse_stride_h] =

@@ -26,8 +26,8 @@ class ThreadPool {
   std::condition_variable start_cv_, done_cv_;
   std::vector<std::thread> workers_;  // worker i runs index i + 1
   const std::function<void(int)>* fn_ = nullptr;
-  int active_ = 0;     // indices taking part in the current run
-  int pending_ = 0;    // workers of the current run not yet finished
+  int active_ = 0;   // indices taking part in the current run
+  int pending_ = 0;  // workers of the current run not yet finished
   unsigned generation_ = 0;
   bool stop_ = false;
 };
