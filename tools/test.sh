@@ -12,6 +12,14 @@ bash tools/setup.sh
 jobs="$(nproc)"
 export MLA_TEST_LEVEL="${MLA_TEST_LEVEL:-0}"
 
+echo "== library code uses no iostreams"
+# The library is linked into Python extensions whose libstdc++ may differ from the process's;
+# std::ostream formatting in that setting crashed on a GPU host (see src/core/validate.cpp).
+if grep -rnE '#include <(sstream|iostream|ostream|fstream)>' src/; then
+  echo "error: iostreams in src/; format messages with std::string / snprintf" >&2
+  exit 1
+fi
+
 echo "== release build and tests"
 cmake --preset ci
 cmake --build --preset ci -j"$jobs"

@@ -2,21 +2,41 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
 #include <limits>
-#include <sstream>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 namespace mla::detail {
 namespace {
 
+// Message pieces are formatted without iostreams: a library linked into a Python extension
+// with its own static libstdc++ must not touch the process's iostream locale machinery (that
+// crashed inside std::ostream on a GPU host).
+void append(std::string& s, const char* v) { s += v; }
+void append(std::string& s, const std::string& v) { s += v; }
+void append(std::string& s, double v) {
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%g", v);
+  s += buf;
+}
+void append(std::string& s, const void* v) {
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%p", v);
+  s += buf;
+}
+template <typename T, typename = std::enable_if_t<std::is_integral_v<T>>>
+void append(std::string& s, T v) {
+  s += std::to_string(v);
+}
+
 // Builds "fn: argument 'name': <message>".
 template <typename... Args>
 Status error(StatusCode code, const char* fn, const char* arg, const Args&... parts) {
-  std::ostringstream os;
-  os << fn << ": argument '" << arg << "': ";
-  (os << ... << parts);
-  return Status(code, os.str());
+  std::string message = std::string(fn) + ": argument '" + arg + "': ";
+  (append(message, parts), ...);
+  return Status(code, std::move(message));
 }
 
 template <typename... Args>
@@ -25,11 +45,9 @@ Status invalid(const char* fn, const char* arg, const Args&... parts) {
 }
 
 std::string shape_string(const TensorView& t) {
-  std::ostringstream os;
-  os << '[';
-  for (int i = 0; i < t.ndim; ++i) os << (i ? ", " : "") << t.shape[i];
-  os << ']';
-  return os.str();
+  std::string s = "[";
+  for (int i = 0; i < t.ndim; ++i) s += (i ? ", " : "") + std::to_string(t.shape[i]);
+  return s + "]";
 }
 
 std::string device_string(Device d) {
@@ -90,9 +108,9 @@ Status check_dtype(const char* fn, const char* name, const TensorView& t,
   for (DType d : allowed) {
     if (t.dtype == d) return Status();
   }
-  std::ostringstream os;
-  for (DType d : allowed) os << (os.tellp() > 0 ? " or " : "") << dtype_name(d);
-  return invalid(fn, name, "expected dtype ", os.str(), ", got ", dtype_name(t.dtype));
+  std::string names;
+  for (DType d : allowed) names += (names.empty() ? "" : " or ") + std::string(dtype_name(d));
+  return invalid(fn, name, "expected dtype ", names, ", got ", dtype_name(t.dtype));
 }
 
 Status check_same_dtype(const char* fn, const char* name, const TensorView& t, const char* ref_name,
@@ -244,10 +262,8 @@ Status validate_decode(const char* fn, const DecodeParams& p, DecodeProblem* pro
     // be contiguous: check the shape here and the rest below.
     if (p.lse.ndim != 3 || p.lse.shape[0] != batch || p.lse.shape[1] != s_q ||
         p.lse.shape[2] != h_q) {
-      std::ostringstream os;
-      os << "[" << batch << ", " << s_q << ", " << h_q << "]";
-      return invalid(fn, "lse", "expected shape [batch, s_q, h_q] = ", os.str(), ", got ",
-                     shape_string(p.lse));
+      return invalid(fn, "lse", "expected shape [batch, s_q, h_q] = [", batch, ", ", s_q, ", ",
+                     h_q, "], got ", shape_string(p.lse));
     }
     for (int i = 0; i < 3; ++i) {
       if (p.lse.strides[i] < 0) {
