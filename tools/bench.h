@@ -10,7 +10,7 @@
 namespace mla::tools {
 
 struct BenchWorkload {
-  std::string name;       // e.g. "TP8", "long context"
+  std::string name;  // e.g. "TP8", "long context"
   int h_q = 16;
   int s_q = 1;
   int batch = 32;
@@ -25,22 +25,22 @@ struct BenchWorkload {
 struct BenchOptions {
   Device device{};
   BenchWorkload workload;
-  bool table = false;     // run the spec's section-6 rows instead of `workload`
-  int layers = 0;         // CUDA: capture this many decode calls as one graph (one model step)
-  int iters = 0;          // 0 = choose from the measured time
+  bool table = false;  // run the spec's section-6 rows instead of `workload`
+  int layers = 0;      // CUDA: capture this many decode calls as one graph (one model step)
+  int iters = 0;       // 0 = choose from the measured time
   int warmup = 3;
-  int threads = 0;        // CPU threads, 0 = all
-  bool reference = false; // CPU: also time the reference and report the speed-up
-  std::string json_path;  // write results as JSON here when non-empty
+  int threads = 0;         // CPU threads, 0 = all
+  bool reference = false;  // CPU: also time the reference and report the speed-up
+  std::string json_path;   // write results as JSON here when non-empty
 };
 
 // One measured row.
 struct BenchResult {
   BenchWorkload workload;
-  std::string variant;     // "fast", "reference", "graph+zero-fill", ...
-  double time_us = 0;      // median
-  double bytes = 0;        // KV + q + out bytes the call must move
-  double flops = 0;        // 2 * rows * tokens * (576 + 512)
+  std::string variant;  // "fast", "reference", "graph+zero-fill", ...
+  double time_us = 0;   // median
+  double bytes = 0;     // KV + q + out bytes the call must move
+  double flops = 0;     // 2 * rows * tokens * (576 + 512)
   double gbps() const { return time_us > 0 ? bytes / time_us * 1e-3 : 0; }
   double tflops() const { return time_us > 0 ? flops / time_us * 1e-6 : 0; }
 };
@@ -48,10 +48,10 @@ struct BenchResult {
 // Ceilings measured in the same run.
 struct Ceilings {
   std::string device_name;
-  double copy_gbps = 0;      // device-to-device (or memcpy) bandwidth, bytes read + written
-  double compute_tflops = 0; // CUDA: bf16 GEMM via cuBLAS; CPU: fp32 FMA peak
-  std::string compute_label; // "bf16 GEMM" or "fp32 FMA"
-  std::string driver;        // CUDA driver / runtime versions
+  double copy_gbps = 0;       // device-to-device (or memcpy) bandwidth, bytes read + written
+  double compute_tflops = 0;  // CUDA: bf16 GEMM via cuBLAS; CPU: fp32 FMA peak
+  std::string compute_label;  // "bf16 GEMM" or "fp32 FMA"
+  std::string driver;         // CUDA driver / runtime versions
 };
 
 // Bytes and FLOP one decode call must move / do for `w` (the roofline's counts).

@@ -74,8 +74,9 @@ void write_json(const std::string& path, const Ceilings& ceilings,
   }
   std::fprintf(f, "{\n  \"device\": \"%s\",\n  \"driver\": \"%s\",\n", ceilings.device_name.c_str(),
                ceilings.driver.c_str());
-  std::fprintf(f, "  \"copy_gbps\": %.1f,\n  \"compute_tflops\": %.3f,\n  \"compute_label\": \"%s\",\n",
-               ceilings.copy_gbps, ceilings.compute_tflops, ceilings.compute_label.c_str());
+  std::fprintf(
+      f, "  \"copy_gbps\": %.1f,\n  \"compute_tflops\": %.3f,\n  \"compute_label\": \"%s\",\n",
+      ceilings.copy_gbps, ceilings.compute_tflops, ceilings.compute_label.c_str());
   std::fprintf(f, "  \"results\": [\n");
   for (size_t i = 0; i < results.size(); ++i) {
     const BenchResult& r = results[i];
@@ -105,9 +106,9 @@ int report(const BenchOptions& options, const Ceilings& ceilings,
   std::printf("%-14s %-28s %-18s %12s %9s %7s %9s %7s\n", "workload", "shape", "variant",
               "time (us)", "GB/s", "%copy", "TFLOP/s", "%peak");
   for (const BenchResult& r : results) {
-    std::printf("%-14s %-28s %-18s %12.1f %9.1f %6.1f%% %9.3f %6.1f%%\n",
-                r.workload.name.c_str(), workload_label(r.workload).c_str(), r.variant.c_str(),
-                r.time_us, r.gbps(), 100.0 * r.gbps() / ceilings.copy_gbps, r.tflops(),
+    std::printf("%-14s %-28s %-18s %12.1f %9.1f %6.1f%% %9.3f %6.1f%%\n", r.workload.name.c_str(),
+                workload_label(r.workload).c_str(), r.variant.c_str(), r.time_us, r.gbps(),
+                100.0 * r.gbps() / ceilings.copy_gbps, r.tflops(),
                 100.0 * r.tflops() / ceilings.compute_tflops);
   }
   if (!options.json_path.empty()) write_json(options.json_path, ceilings, results);

@@ -29,7 +29,8 @@ struct HostInputs {
   HostInputs(const BenchWorkload& w, const std::vector<int>& lens) {
     std::mt19937 rng(42);
     seq_lens.assign(lens.begin(), lens.end());
-    for (int len : lens) max_pages = std::max<int64_t>(max_pages, (len + w.page_size - 1) / w.page_size);
+    for (int len : lens)
+      max_pages = std::max<int64_t>(max_pages, (len + w.page_size - 1) / w.page_size);
     max_pages = std::max<int64_t>(max_pages, 1);
     std::vector<int32_t> ids;
     for (int len : lens) num_pages += (len + w.page_size - 1) / w.page_size;
@@ -173,8 +174,8 @@ int run_bench_cpu(const BenchOptions& options) {
   ceilings.copy_gbps = measure_cpu_copy_gbps(threads);
   ceilings.compute_tflops = measure_cpu_fma_gflops(threads) * 1e-3;
 
-  std::vector<BenchWorkload> workloads = options.table ? spec_table()
-                                                       : std::vector<BenchWorkload>{options.workload};
+  std::vector<BenchWorkload> workloads =
+      options.table ? spec_table() : std::vector<BenchWorkload>{options.workload};
   if (!options.table && workloads[0].name.empty()) workloads[0].name = "default";
   std::vector<BenchResult> results;
   for (BenchWorkload& w : workloads) {

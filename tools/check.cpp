@@ -28,10 +28,10 @@ std::string shape_label(const testing::DecodeCase& c) {
 
 int run_check(const CheckOptions& options) {
   if (!testing::device_usable(options.device)) {
-    std::fprintf(stderr, "mla-decode check: device %s is not usable (%s)\n",
-                 device_label(options.device).c_str(),
-                 cuda_available_in_build() ? "no CUDA device found"
-                                           : "this build has no CUDA backend");
+    std::fprintf(
+        stderr, "mla-decode check: device %s is not usable (%s)\n",
+        device_label(options.device).c_str(),
+        cuda_available_in_build() ? "no CUDA device found" : "this build has no CUDA backend");
     return 2;
   }
   std::vector<testing::DecodeCase> cases = testing::corner_cases();
@@ -45,9 +45,10 @@ int run_check(const CheckOptions& options) {
   }
   ExecConfig config;
   config.num_threads = options.threads;
-  std::printf("mla-decode check on %s, level %d: %zu cases (out, lse and workspace poisoned, "
-              "dead pages NaN; each case run twice)\n",
-              device_label(options.device).c_str(), options.level, cases.size());
+  std::printf(
+      "mla-decode check on %s, level %d: %zu cases (out, lse and workspace poisoned, "
+      "dead pages NaN; each case run twice)\n",
+      device_label(options.device).c_str(), options.level, cases.size());
   std::printf("%-22s %-34s %-6s %9s %10s %10s\n", "case", "shape", "result", "checked", "max_abs",
               "cos_diff");
   const bool tty = isatty(fileno(stderr));

@@ -2,7 +2,6 @@
 //   mla-decode check [--device auto|cpu|cuda] [--level 0|1|2]
 //   mla-decode bench [--device auto|cpu|cuda] [--h-q 16 --s-q 1 --batch 32 --seq-len 4096 ...]
 #include <CLI/CLI.hpp>
-
 #include <cstdio>
 #include <map>
 #include <string>
@@ -25,11 +24,13 @@ int main(int argc, char** argv) {
   CLI::App app{"mla-decode: MLA decode attention over a paged latent KV cache"};
   app.require_subcommand(1);
   std::string device = "auto";
-  const std::map<std::string, std::string> devices{{"auto", "auto"}, {"cpu", "cpu"}, {"cuda", "cuda"}};
+  const std::map<std::string, std::string> devices{
+      {"auto", "auto"}, {"cpu", "cpu"}, {"cuda", "cuda"}};
 
   mla::tools::CheckOptions check;
   CLI::App* check_cmd = app.add_subcommand("check", "Run the correctness and coverage suite");
-  check_cmd->add_option("--device", device, "auto, cpu or cuda")->transform(CLI::CheckedTransformer(devices));
+  check_cmd->add_option("--device", device, "auto, cpu or cuda")
+      ->transform(CLI::CheckedTransformer(devices));
   check_cmd->add_option("--level", check.level, "Sweep size: 0 quick, 1 default, 2 exhaustive")
       ->capture_default_str();
   check_cmd->add_option("--threads", check.threads, "CPU threads (0 = all)")->capture_default_str();
@@ -39,14 +40,26 @@ int main(int argc, char** argv) {
   mla::tools::BenchWorkload& w = bench.workload;
   std::string dtype = "bf16";
   CLI::App* bench_cmd = app.add_subcommand("bench", "Time decode against the measured ceilings");
-  bench_cmd->add_option("--device", device, "auto, cpu or cuda")->transform(CLI::CheckedTransformer(devices));
-  bench_cmd->add_option("--h-q", w.h_q, "Query heads")->capture_default_str()->check(CLI::Range(1, 128));
-  bench_cmd->add_option("--s-q", w.s_q, "Query tokens per request")->capture_default_str()->check(CLI::Range(1, 16));
-  bench_cmd->add_option("--batch", w.batch, "Requests")->capture_default_str()->check(CLI::PositiveNumber);
-  bench_cmd->add_option("--seq-len", w.seq_len, "Cached tokens per request")->capture_default_str()->check(CLI::NonNegativeNumber);
+  bench_cmd->add_option("--device", device, "auto, cpu or cuda")
+      ->transform(CLI::CheckedTransformer(devices));
+  bench_cmd->add_option("--h-q", w.h_q, "Query heads")
+      ->capture_default_str()
+      ->check(CLI::Range(1, 128));
+  bench_cmd->add_option("--s-q", w.s_q, "Query tokens per request")
+      ->capture_default_str()
+      ->check(CLI::Range(1, 16));
+  bench_cmd->add_option("--batch", w.batch, "Requests")
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
+  bench_cmd->add_option("--seq-len", w.seq_len, "Cached tokens per request")
+      ->capture_default_str()
+      ->check(CLI::NonNegativeNumber);
   bench_cmd->add_option("--page-size", w.page_size, "Tokens per KV page (power of two, 1..256)")
-      ->capture_default_str()->check(CLI::IsMember({1, 2, 4, 8, 16, 32, 64, 128, 256}));
-  bench_cmd->add_option("--dtype", dtype, "bf16 or fp16")->capture_default_str()->check(CLI::IsMember({"bf16", "fp16"}));
+      ->capture_default_str()
+      ->check(CLI::IsMember({1, 2, 4, 8, 16, 32, 64, 128, 256}));
+  bench_cmd->add_option("--dtype", dtype, "bf16 or fp16")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"bf16", "fp16"}));
   bench_cmd->add_flag("--causal", w.causal, "Causal rule among the s_q query tokens");
   bench_cmd->add_flag("--varlen", w.varlen, "Draw seq_lens uniformly in [seq_len/2, 3 seq_len/2]");
   bench_cmd->add_option("--empty-fraction", w.empty_fraction, "Share of requests with seq_len 0")
@@ -54,10 +67,12 @@ int main(int argc, char** argv) {
   bench_cmd->add_flag("--table", bench.table, "Run the eight rows of the spec's section 6");
   bench_cmd->add_option("--layers", bench.layers, "CUDA: time N decode calls captured as one graph")
       ->check(CLI::NonNegativeNumber);
-  bench_cmd->add_option("--iters", bench.iters, "Timed iterations (0 = automatic)")->check(CLI::NonNegativeNumber);
+  bench_cmd->add_option("--iters", bench.iters, "Timed iterations (0 = automatic)")
+      ->check(CLI::NonNegativeNumber);
   bench_cmd->add_option("--warmup", bench.warmup, "Warm-up iterations")->capture_default_str();
   bench_cmd->add_option("--threads", bench.threads, "CPU threads (0 = all)")->capture_default_str();
-  bench_cmd->add_flag("--reference", bench.reference, "CPU: also time the reference, report the speed-up");
+  bench_cmd->add_flag("--reference", bench.reference,
+                      "CPU: also time the reference, report the speed-up");
   bench_cmd->add_option("--json", bench.json_path, "Also write the results as JSON to this file");
 
   CLI11_PARSE(app, argc, argv);

@@ -9,11 +9,11 @@
 
 int main() {
   const int64_t batch = 2, s_q = 1, h_q = 16, page_size = 64, num_pages = 4, max_pages = 2;
-  std::vector<uint16_t> q(batch * s_q * h_q * 576, 0x3f80);  // bf16 1.0
+  std::vector<uint16_t> q(batch * s_q * h_q * 576, 0x3f80);       // bf16 1.0
   std::vector<uint16_t> kv(num_pages * page_size * 576, 0x3f00);  // bf16 0.5
-  std::vector<int32_t> block_table = {2, 0, 0, 0};  // request 0: pages 2 and 0
-  std::vector<int32_t> seq_lens = {100, 0};         // request 1 is CUDA-graph padding
-  std::vector<uint16_t> out(batch * s_q * h_q * 512);  // uninitialised is fine
+  std::vector<int32_t> block_table = {2, 0, 0, 0};                // request 0: pages 2 and 0
+  std::vector<int32_t> seq_lens = {100, 0};                       // request 1 is CUDA-graph padding
+  std::vector<uint16_t> out(batch * s_q * h_q * 512);             // uninitialised is fine
   std::vector<float> lse(batch * s_q * h_q);
 
   mla::DecodeParams p;
@@ -29,7 +29,8 @@ int main() {
   size_t bytes = 0;
   mla::Status s = mla::workspace_size({batch, s_q, h_q}, mla::Device{}, config, &bytes);
   std::vector<std::byte> storage(bytes + 256);
-  void* ws = reinterpret_cast<void*>((reinterpret_cast<uintptr_t>(storage.data()) + 255) & ~uintptr_t{255});
+  void* ws = reinterpret_cast<void*>((reinterpret_cast<uintptr_t>(storage.data()) + 255) &
+                                     ~uintptr_t{255});
   if (s.ok()) s = mla::decode(p, mla::Workspace{ws, bytes}, config);
   if (!s.ok()) {
     std::fprintf(stderr, "%s\n", s.message().c_str());

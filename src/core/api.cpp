@@ -62,8 +62,9 @@ Status check_workspace(const char* fn, Workspace ws, size_t required) {
                   std::string(fn) + ": argument 'workspace': data pointer is null");
   }
   if (reinterpret_cast<uintptr_t>(ws.data) % 256 != 0) {
-    return Status(StatusCode::kInvalidArgument,
-                  std::string(fn) + ": argument 'workspace': data pointer must be 256-byte aligned");
+    return Status(
+        StatusCode::kInvalidArgument,
+        std::string(fn) + ": argument 'workspace': data pointer must be 256-byte aligned");
   }
   return Status();
 }
@@ -111,11 +112,16 @@ Status run_decode(const char* fn, const DecodeParams& params, Workspace ws,
 
 const char* dtype_name(DType dtype) {
   switch (dtype) {
-    case DType::kBFloat16: return "bfloat16";
-    case DType::kFloat16: return "float16";
-    case DType::kFloat32: return "float32";
-    case DType::kInt32: return "int32";
-    case DType::kInt64: return "int64";
+    case DType::kBFloat16:
+      return "bfloat16";
+    case DType::kFloat16:
+      return "float16";
+    case DType::kFloat32:
+      return "float32";
+    case DType::kInt32:
+      return "int32";
+    case DType::kInt64:
+      return "int64";
   }
   return "unknown";
 }
@@ -123,10 +129,13 @@ const char* dtype_name(DType dtype) {
 size_t dtype_size(DType dtype) {
   switch (dtype) {
     case DType::kBFloat16:
-    case DType::kFloat16: return 2;
+    case DType::kFloat16:
+      return 2;
     case DType::kFloat32:
-    case DType::kInt32: return 4;
-    case DType::kInt64: return 8;
+    case DType::kInt32:
+      return 4;
+    case DType::kInt64:
+      return 8;
   }
   return 1;
 }

@@ -31,8 +31,8 @@ Status check_device(int device);
 Status workspace_size(const DecodeShape& shape, int device, size_t* bytes);
 Status plan(const detail::DecodeProblem& problem, void* workspace, size_t workspace_bytes,
             void* stream);
-Status decode_planned(const detail::DecodeProblem& problem, void* workspace,
-                      size_t workspace_bytes, void* stream);
+Status decode_planned(const detail::DecodeProblem& problem, void* workspace, size_t workspace_bytes,
+                      void* stream);
 Status check_data_errors(const void* workspace, size_t workspace_bytes, int device, void* stream);
 Status write_kv_cache(const detail::KvWriteProblem& problem, void* stream);
 Status merge_states(const detail::MergeProblem& problem, void* stream);

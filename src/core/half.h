@@ -23,8 +23,9 @@ inline float bf16_to_float(uint16_t h) { return bits_to_float(static_cast<uint32
 
 inline uint16_t float_to_bf16(float f) {
   uint32_t bits = float_to_bits(f);
-  if ((bits & 0x7fffffffu) > 0x7f800000u) return static_cast<uint16_t>((bits >> 16) | 0x40);  // quiet NaN
-  bits += 0x7fffu + ((bits >> 16) & 1u);  // round to nearest, ties to even
+  if ((bits & 0x7fffffffu) > 0x7f800000u)
+    return static_cast<uint16_t>((bits >> 16) | 0x40);  // quiet NaN
+  bits += 0x7fffu + ((bits >> 16) & 1u);                // round to nearest, ties to even
   return static_cast<uint16_t>(bits >> 16);
 }
 
@@ -44,7 +45,7 @@ inline uint16_t float_to_fp16(float f) {
   const uint32_t bits = float_to_bits(f);
   const uint16_t sign = static_cast<uint16_t>((bits >> 16) & 0x8000u);
   const uint32_t abs = bits & 0x7fffffffu;
-  if (abs > 0x7f800000u) return static_cast<uint16_t>(sign | 0x7e00u);  // NaN
+  if (abs > 0x7f800000u) return static_cast<uint16_t>(sign | 0x7e00u);   // NaN
   if (abs >= 0x477ff000u) return static_cast<uint16_t>(sign | 0x7c00u);  // rounds to >= 65520: inf
   if (abs < 0x38800000u) {
     // Result is subnormal (or zero): round abs / 2^-24 to nearest even integer.

@@ -16,20 +16,20 @@ struct DecodeProblem {
   int32_t batch;
   int32_t s_q;
   int32_t h_q;
-  int32_t page_size;      // power of two, 1..256
-  int32_t page_shift;     // log2(page_size)
-  int32_t max_pages;      // block_table.shape[1]
-  int32_t num_pages;      // kv_cache.shape[0]
+  int32_t page_size;   // power of two, 1..256
+  int32_t page_shift;  // log2(page_size)
+  int32_t max_pages;   // block_table.shape[1]
+  int32_t num_pages;   // kv_cache.shape[0]
   ElemType dtype;
-  float scale;            // softmax scale (natural-log domain)
+  float scale;  // softmax scale (natural-log domain)
   bool causal;
 
-  const void* q_nope;     // [batch, s_q, h_q, 512]
+  const void* q_nope;  // [batch, s_q, h_q, 512]
   int64_t q_nope_stride_b, q_nope_stride_s, q_nope_stride_h;
-  const void* q_pe;       // [batch, s_q, h_q, 64]
+  const void* q_pe;  // [batch, s_q, h_q, 64]
   int64_t q_pe_stride_b, q_pe_stride_s, q_pe_stride_h;
 
-  const void* kv;         // [num_pages, page_size, 576]
+  const void* kv;  // [num_pages, page_size, 576]
   int64_t kv_stride_page, kv_stride_row;
 
   const int32_t* block_table;  // [batch, max_pages]
@@ -37,9 +37,9 @@ struct DecodeProblem {
   const int32_t* seq_lens;     // [batch]
   int64_t seq_lens_stride;
 
-  void* out;              // [batch, s_q, h_q, 512]
+  void* out;  // [batch, s_q, h_q, 512]
   int64_t out_stride_b, out_stride_s, out_stride_h;
-  float* lse;             // [batch, s_q, h_q] or nullptr
+  float* lse;  // [batch, s_q, h_q] or nullptr
   int64_t lse_stride_b, lse_stride_s, lse_stride_h;
 
   int32_t rows() const { return s_q * h_q; }  // query rows per request, packed s * h_q + h
@@ -55,13 +55,13 @@ struct KvWriteProblem {
   int32_t page_size;
   int32_t num_pages;
   ElemType dtype;
-  const void* kv_c;   // [num_tokens, 512]
+  const void* kv_c;  // [num_tokens, 512]
   int64_t kv_c_stride;
-  const void* k_pe;   // [num_tokens, 64]
+  const void* k_pe;  // [num_tokens, 64]
   int64_t k_pe_stride;
   const int64_t* slot_mapping;  // [num_tokens]
   int64_t slot_mapping_stride;
-  void* kv;           // [num_pages, page_size, 576]
+  void* kv;  // [num_pages, page_size, 576]
   int64_t kv_stride_page, kv_stride_row;
 };
 

@@ -11,6 +11,12 @@
 namespace mla::detail {
 namespace {
 
+#define MLA_RETURN_IF_ERROR(expr)      \
+  do {                                 \
+    ::mla::Status status_ = (expr);    \
+    if (!status_.ok()) return status_; \
+  } while (0)
+
 // Message pieces are formatted without iostreams: a library linked into a Python extension
 // with its own static libstdc++ must not touch the process's iostream locale machinery (that
 // crashed inside std::ostream on a GPU host).
@@ -122,6 +128,38 @@ Status check_same_dtype(const char* fn, const char* name, const TensorView& t, c
   return Status();
 }
 
+// An fp32 LSE tensor. Any strides are accepted (engines keep LSEs transposed, e.g. vLLM's
+// [num_heads, num_tokens] and FlashMLA's [batch, h_q, s_q]), so unlike check_tensor the last
+// dimension need not be contiguous.
+Status check_lse_tensor(const char* fn, const char* name, const TensorView& t, const Expect& e,
+                        Device device) {
+  MLA_RETURN_IF_ERROR(check_dtype(fn, name, t, {DType::kFloat32}));
+  bool shape_ok = t.ndim == e.ndim;
+  std::string expected = "[";
+  for (int i = 0; i < e.ndim; ++i) {
+    shape_ok = shape_ok && t.shape[i] == e.shape[i];
+    expected += (i ? ", " : "") + std::to_string(e.shape[i]);
+  }
+  if (!shape_ok) {
+    return invalid(fn, name, "expected shape ", e.layout, " = ", expected, "], got ",
+                   shape_string(t));
+  }
+  for (int i = 0; i < t.ndim; ++i) {
+    if (t.strides[i] < 0) {
+      return invalid(fn, name, "negative stride ", t.strides[i], " in dimension ", i);
+    }
+  }
+  if (!same_device(t.device, device)) {
+    return invalid(fn, name, "is on ", device_string(t.device), " but the call runs on ",
+                   device_string(device));
+  }
+  if (t.numel() > 0 && t.data == nullptr) return invalid(fn, name, "data pointer is null");
+  if (reinterpret_cast<uintptr_t>(t.data) % 4 != 0) {
+    return invalid(fn, name, "data pointer ", t.data, " is not 4-byte aligned");
+  }
+  return Status();
+}
+
 // Tensors the call writes must not alias themselves: with dimensions sorted by stride, each
 // stride must step over the whole extent of the dimensions below it.
 Status check_non_overlapping(const char* fn, const char* name, const TensorView& t) {
@@ -130,8 +168,7 @@ Status check_non_overlapping(const char* fn, const char* name, const TensorView&
   for (int i = 0; i < t.ndim; ++i) {
     if (t.shape[i] > 1) dims.push_back(i);
   }
-  std::sort(dims.begin(), dims.end(),
-            [&](int a, int b) { return t.strides[a] < t.strides[b]; });
+  std::sort(dims.begin(), dims.end(), [&](int a, int b) { return t.strides[a] < t.strides[b]; });
   int64_t span = 1;
   for (int d : dims) {
     if (t.strides[d] < span) {
@@ -178,12 +215,6 @@ Status check_device_supported(const char* fn, const char* name, Device device) {
   return Status();
 }
 
-#define MLA_RETURN_IF_ERROR(expr)      \
-  do {                                 \
-    ::mla::Status status_ = (expr);    \
-    if (!status_.ok()) return status_; \
-  } while (0)
-
 // Shape limits, reported against `arg` ("q" from decode, the shape's own fields from
 // workspace_size) with each extent named.
 Status check_shape(const char* fn, const char* arg, const DecodeShape& shape) {
@@ -220,27 +251,29 @@ Status validate_decode(const char* fn, const DecodeParams& p, DecodeProblem* pro
   MLA_RETURN_IF_ERROR(check_dtype(fn, "q", p.q, {DType::kBFloat16, DType::kFloat16}));
   if (split_q) {
     MLA_RETURN_IF_ERROR(check_tensor(
-        fn, "q", p.q, {"[batch, s_q, h_q, 512] (q_nope, since q_pe is given)", 4, {-1, -1, -1, kHeadDimV}},
+        fn, "q", p.q,
+        {"[batch, s_q, h_q, 512] (q_nope, since q_pe is given)", 4, {-1, -1, -1, kHeadDimV}},
         device));
   } else {
-    MLA_RETURN_IF_ERROR(
-        check_tensor(fn, "q", p.q, {"[batch, s_q, h_q, 576]", 4, {-1, -1, -1, kHeadDimQK}}, device));
+    MLA_RETURN_IF_ERROR(check_tensor(
+        fn, "q", p.q, {"[batch, s_q, h_q, 576]", 4, {-1, -1, -1, kHeadDimQK}}, device));
   }
   MLA_RETURN_IF_ERROR(check_shape(fn, "q", DecodeShape{batch, s_q, h_q}));
   if (split_q) {
     MLA_RETURN_IF_ERROR(check_same_dtype(fn, "q_pe", p.q_pe, "q", p.q.dtype));
-    MLA_RETURN_IF_ERROR(check_tensor(fn, "q_pe", p.q_pe,
-                                     {"[batch, s_q, h_q, 64]", 4, {batch, s_q, h_q, kHeadDimRope}},
-                                     device));
+    MLA_RETURN_IF_ERROR(check_tensor(
+        fn, "q_pe", p.q_pe, {"[batch, s_q, h_q, 64]", 4, {batch, s_q, h_q, kHeadDimRope}}, device));
   }
   MLA_RETURN_IF_ERROR(check_same_dtype(fn, "kv_cache", p.kv_cache, "q", p.q.dtype));
   MLA_RETURN_IF_ERROR(check_tensor(fn, "kv_cache", p.kv_cache,
-                                   {"[num_pages, page_size, 576]", 3, {-1, -1, kHeadDimQK}}, device));
+                                   {"[num_pages, page_size, 576]", 3, {-1, -1, kHeadDimQK}},
+                                   device));
   const int64_t num_pages = p.kv_cache.shape[0];
   const int64_t page_size = p.kv_cache.shape[1];
   if (page_size < 1 || page_size > kMaxPageSize || (page_size & (page_size - 1)) != 0) {
-    return error(StatusCode::kUnsupported, fn, "kv_cache", "page_size (dimension 1) must be a power of two in [1, ",
-                 kMaxPageSize, "], got ", page_size);
+    return error(StatusCode::kUnsupported, fn, "kv_cache",
+                 "page_size (dimension 1) must be a power of two in [1, ", kMaxPageSize, "], got ",
+                 page_size);
   }
   MLA_RETURN_IF_ERROR(check_int32(fn, "kv_cache", num_pages));
 
@@ -252,32 +285,12 @@ Status validate_decode(const char* fn, const DecodeParams& p, DecodeProblem* pro
   MLA_RETURN_IF_ERROR(check_tensor(fn, "seq_lens", p.seq_lens, {"[batch]", 1, {batch}}, device));
 
   MLA_RETURN_IF_ERROR(check_same_dtype(fn, "out", p.out, "q", p.q.dtype));
-  MLA_RETURN_IF_ERROR(check_tensor(fn, "out", p.out,
-                                   {"[batch, s_q, h_q, 512]", 4, {batch, s_q, h_q, kHeadDimV}},
-                                   device));
+  MLA_RETURN_IF_ERROR(check_tensor(
+      fn, "out", p.out, {"[batch, s_q, h_q, 512]", 4, {batch, s_q, h_q, kHeadDimV}}, device));
   MLA_RETURN_IF_ERROR(check_non_overlapping(fn, "out", p.out));
   if (p.lse.present()) {
-    MLA_RETURN_IF_ERROR(check_dtype(fn, "lse", p.lse, {DType::kFloat32}));
-    // lse may be any strided view ([batch, h_q, s_q] permuted), so its last dimension need not
-    // be contiguous: check the shape here and the rest below.
-    if (p.lse.ndim != 3 || p.lse.shape[0] != batch || p.lse.shape[1] != s_q ||
-        p.lse.shape[2] != h_q) {
-      return invalid(fn, "lse", "expected shape [batch, s_q, h_q] = [", batch, ", ", s_q, ", ",
-                     h_q, "], got ", shape_string(p.lse));
-    }
-    for (int i = 0; i < 3; ++i) {
-      if (p.lse.strides[i] < 0) {
-        return invalid(fn, "lse", "negative stride ", p.lse.strides[i], " in dimension ", i);
-      }
-    }
-    if (!same_device(p.lse.device, device)) {
-      return invalid(fn, "lse", "is on ", device_string(p.lse.device), " but the call runs on ",
-                     device_string(device));
-    }
-    if (p.lse.numel() > 0 && p.lse.data == nullptr) return invalid(fn, "lse", "data pointer is null");
-    if (reinterpret_cast<uintptr_t>(p.lse.data) % 4 != 0) {
-      return invalid(fn, "lse", "data pointer ", p.lse.data, " is not 4-byte aligned");
-    }
+    MLA_RETURN_IF_ERROR(
+        check_lse_tensor(fn, "lse", p.lse, {"[batch, s_q, h_q]", 3, {batch, s_q, h_q}}, device));
     MLA_RETURN_IF_ERROR(check_non_overlapping(fn, "lse", p.lse));
   }
   if (!std::isfinite(p.softmax_scale) || p.softmax_scale <= 0.0f) {
@@ -315,7 +328,8 @@ Status validate_decode(const char* fn, const DecodeParams& p, DecodeProblem* pro
     pr.q_pe_stride_s = p.q_pe.strides[1];
     pr.q_pe_stride_h = p.q_pe.strides[2];
   } else {
-    pr.q_pe = p.q.data == nullptr ? nullptr : static_cast<const char*>(p.q.data) + kHeadDimV * esize;
+    pr.q_pe =
+        p.q.data == nullptr ? nullptr : static_cast<const char*>(p.q.data) + kHeadDimV * esize;
     pr.q_pe_stride_b = pr.q_nope_stride_b;
     pr.q_pe_stride_s = pr.q_nope_stride_s;
     pr.q_pe_stride_h = pr.q_nope_stride_h;
@@ -368,7 +382,8 @@ Status validate_kv_write(const char* fn, const KvCacheWriteParams& p, KvWritePro
   MLA_RETURN_IF_ERROR(check_device_supported(fn, "kv_cache", device));
   MLA_RETURN_IF_ERROR(check_dtype(fn, "kv_cache", p.kv_cache, {DType::kBFloat16, DType::kFloat16}));
   MLA_RETURN_IF_ERROR(check_tensor(fn, "kv_cache", p.kv_cache,
-                                   {"[num_pages, page_size, 576]", 3, {-1, -1, kHeadDimQK}}, device));
+                                   {"[num_pages, page_size, 576]", 3, {-1, -1, kHeadDimQK}},
+                                   device));
   MLA_RETURN_IF_ERROR(check_non_overlapping(fn, "kv_cache", p.kv_cache));
   const int64_t page_size = p.kv_cache.shape[1];
   if (page_size < 1 || page_size > kMaxPageSize || (page_size & (page_size - 1)) != 0) {
@@ -433,8 +448,8 @@ Status validate_merge(const char* fn, const MergeParams& p, MergeProblem* proble
   MLA_RETURN_IF_ERROR(check_device_supported(fn, "out_a", device));
   MLA_RETURN_IF_ERROR(
       check_dtype(fn, "out_a", p.out_a, {DType::kBFloat16, DType::kFloat16, DType::kFloat32}));
-  MLA_RETURN_IF_ERROR(
-      check_tensor(fn, "out_a", p.out_a, {"[num_tokens, num_heads, head_dim]", 3, {-1, -1, -1}}, device));
+  MLA_RETURN_IF_ERROR(check_tensor(fn, "out_a", p.out_a,
+                                   {"[num_tokens, num_heads, head_dim]", 3, {-1, -1, -1}}, device));
   const int64_t t = p.out_a.shape[0], h = p.out_a.shape[1], d = p.out_a.shape[2];
   MLA_RETURN_IF_ERROR(check_int32(fn, "out_a", h));
   MLA_RETURN_IF_ERROR(check_int32(fn, "out_a", d));
@@ -444,23 +459,9 @@ Status validate_merge(const char* fn, const MergeParams& p, MergeProblem* proble
   MLA_RETURN_IF_ERROR(check_same_dtype(fn, "out", p.out, "out_a", p.out_a.dtype));
   MLA_RETURN_IF_ERROR(check_tensor(fn, "out", p.out, out_shape, device));
   MLA_RETURN_IF_ERROR(check_non_overlapping(fn, "out", p.out));
-  // LSE tensors may have any strides (vLLM keeps them as [num_heads, num_tokens]).
-  auto check_lse = [&](const char* name, const TensorView& lse) -> Status {
-    MLA_RETURN_IF_ERROR(check_dtype(fn, name, lse, {DType::kFloat32}));
-    if (lse.ndim != 2 || lse.shape[0] != t || lse.shape[1] != h) {
-      return invalid(fn, name, "expected shape [num_tokens, num_heads] = [", t, ", ", h,
-                     "], got ", shape_string(lse));
-    }
-    if (lse.strides[0] < 0 || lse.strides[1] < 0) return invalid(fn, name, "negative stride");
-    if (!same_device(lse.device, device)) {
-      return invalid(fn, name, "is on ", device_string(lse.device), " but the call runs on ",
-                     device_string(device));
-    }
-    if (lse.numel() > 0 && lse.data == nullptr) return invalid(fn, name, "data pointer is null");
-    if (reinterpret_cast<uintptr_t>(lse.data) % 4 != 0) {
-      return invalid(fn, name, "data pointer is not 4-byte aligned");
-    }
-    return Status();
+  const Expect lse_shape{"[num_tokens, num_heads] (as out_a)", 2, {t, h}};
+  auto check_lse = [&](const char* name, const TensorView& lse) {
+    return check_lse_tensor(fn, name, lse, lse_shape, device);
   };
   if (!p.lse_a.present()) return invalid(fn, "lse_a", "is required but absent (ndim == 0)");
   MLA_RETURN_IF_ERROR(check_lse("lse_a", p.lse_a));

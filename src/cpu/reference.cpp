@@ -25,7 +25,8 @@ void reference_decode(const DecodeProblem& p) {
     for (int32_t s = 0; s < p.s_q; ++s) {
       for (int32_t h = 0; h < p.h_q; ++h) {
         const int64_t visible = detail::visible_keys(seq_len, s, p.s_q, p.causal);
-        const int64_t q_nope = b * p.q_nope_stride_b + s * p.q_nope_stride_s + h * p.q_nope_stride_h;
+        const int64_t q_nope =
+            b * p.q_nope_stride_b + s * p.q_nope_stride_s + h * p.q_nope_stride_h;
         const int64_t q_pe = b * p.q_pe_stride_b + s * p.q_pe_stride_s + h * p.q_pe_stride_h;
         for (int d = 0; d < kHeadDimV; ++d) q[d] = load_elem(p.q_nope, q_nope + d, p.dtype);
         for (int d = 0; d < kHeadDimRope; ++d) {
@@ -86,18 +87,27 @@ namespace {
 
 float load_merge(const void* base, int64_t i, detail::MergeType type) {
   switch (type) {
-    case detail::MergeType::kFloat32: return static_cast<const float*>(base)[i];
-    case detail::MergeType::kBFloat16: return load_elem(base, i, detail::ElemType::kBFloat16);
-    case detail::MergeType::kFloat16: return load_elem(base, i, detail::ElemType::kFloat16);
+    case detail::MergeType::kFloat32:
+      return static_cast<const float*>(base)[i];
+    case detail::MergeType::kBFloat16:
+      return load_elem(base, i, detail::ElemType::kBFloat16);
+    case detail::MergeType::kFloat16:
+      return load_elem(base, i, detail::ElemType::kFloat16);
   }
   return 0.0f;
 }
 
 void store_merge(void* base, int64_t i, detail::MergeType type, float v) {
   switch (type) {
-    case detail::MergeType::kFloat32: static_cast<float*>(base)[i] = v; return;
-    case detail::MergeType::kBFloat16: store_elem(base, i, detail::ElemType::kBFloat16, v); return;
-    case detail::MergeType::kFloat16: store_elem(base, i, detail::ElemType::kFloat16, v); return;
+    case detail::MergeType::kFloat32:
+      static_cast<float*>(base)[i] = v;
+      return;
+    case detail::MergeType::kBFloat16:
+      store_elem(base, i, detail::ElemType::kBFloat16, v);
+      return;
+    case detail::MergeType::kFloat16:
+      store_elem(base, i, detail::ElemType::kFloat16, v);
+      return;
   }
 }
 
@@ -131,7 +141,8 @@ void merge_states(const detail::MergeProblem& p) {
         if (wb != 0.0) v += wb * load_merge(p.out_b, ib + d, p.dtype);
         store_merge(p.out, io + d, p.dtype, static_cast<float>(v));
       }
-      if (p.lse != nullptr) p.lse[t * p.lse_stride_t + h * p.lse_stride_h] = static_cast<float>(lse);
+      if (p.lse != nullptr)
+        p.lse[t * p.lse_stride_t + h * p.lse_stride_h] = static_cast<float>(lse);
     }
   }
 }

@@ -53,6 +53,13 @@ class HostBuffer final : public DeviceBuffer {
   size_t bytes_;
 };
 
+// NaN and Inf must sit in the same places; finite values agree within atol + rtol * |expected|.
+bool values_match(double got, double want, double atol, double rtol) {
+  if (std::isnan(want) || std::isnan(got)) return std::isnan(want) && std::isnan(got);
+  if (std::isinf(want) || std::isinf(got)) return got == want;
+  return std::fabs(got - want) <= atol + rtol * std::fabs(want);
+}
+
 }  // namespace
 
 #ifdef MLA_HARNESS_CUDA
@@ -89,12 +96,28 @@ bool device_usable(Device device) {
 #endif
 }
 
+DecodeCase make_case(std::string name, int batch, int s_q, int h_q, int page_size,
+                     std::vector<int32_t> seq_lens, bool causal, uint64_t seed) {
+  DecodeCase c;
+  c.name = std::move(name);
+  c.batch = batch;
+  c.s_q = s_q;
+  c.h_q = h_q;
+  c.page_size = page_size;
+  c.seq_lens = std::move(seq_lens);
+  c.causal = causal;
+  c.seed = seed;
+  return c;
+}
+
 std::string describe(const DecodeCase& c) {
   std::ostringstream os;
   os << (c.name.empty() ? "case" : c.name) << " {batch=" << c.batch << " s_q=" << c.s_q
      << " h_q=" << c.h_q << " page=" << c.page_size << (c.causal ? " causal" : "") << " "
      << dtype_name(c.dtype) << (c.split_q ? " q-pair" : " q-576")
-     << (c.lse == LseLayout::kNone ? " no-lse" : c.lse == LseLayout::kBSH ? " lse-bsh" : " lse-bhs")
+     << (c.lse == LseLayout::kNone  ? " no-lse"
+         : c.lse == LseLayout::kBSH ? " lse-bsh"
+                                    : " lse-bhs")
      << (c.padded_strides ? " padded" : "") << " seed=" << c.seed << " seq_lens=[";
   for (size_t i = 0; i < c.seq_lens.size(); ++i) {
     if (i == 12) {
@@ -199,9 +222,9 @@ HostDecode make_decode(const DecodeCase& c) {
   hd.lse_elems = c.lse == LseLayout::kNone ? 0 : static_cast<size_t>(rows);
   hd.ref_out.assign(hd.out_elems, kPoison16);
   hd.ref_lse.assign(std::max<size_t>(hd.lse_elems, 1), detail::bits_to_float(kPoison32));
-  DecodeParams p = hd.params(Device{}, hd.q.data(), hd.q_pe.data(), hd.kv.data(),
-                             hd.block_table.data(), hd.seq_lens.data(), hd.ref_out.data(),
-                             hd.ref_lse.data());
+  DecodeParams p =
+      hd.params(Device{}, hd.q.data(), hd.q_pe.data(), hd.kv.data(), hd.block_table.data(),
+                hd.seq_lens.data(), hd.ref_out.data(), hd.ref_lse.data());
   ExecConfig config;
   config.reference = true;
   Status s = decode(p, Workspace{}, config);
@@ -245,16 +268,11 @@ Comparison compare_decode(const HostDecode& hd, const uint16_t* out, const float
           }
           const double o = from_half(out[i], c.dtype), e = from_half(hd.ref_out[i], c.dtype);
           ++r.checked;
-          bool ok;
-          if (std::isnan(e) || std::isnan(o)) {
-            ok = std::isnan(e) && std::isnan(o);
-          } else if (std::isinf(e) || std::isinf(o)) {
-            ok = o == e;
-          } else {
+          const bool ok = values_match(o, e, atol, rtol);
+          if (std::isfinite(o) && std::isfinite(e)) {
             const double err = std::fabs(o - e);
             r.max_abs = std::max(r.max_abs, err);
             if (std::fabs(e) > 1e-3) r.max_rel = std::max(r.max_rel, err / std::fabs(e));
-            ok = err <= atol + rtol * std::fabs(e);
             dot += o * e;
             norm_o += o * o;
             norm_r += e * e;
@@ -270,14 +288,7 @@ Comparison compare_decode(const HostDecode& hd, const uint16_t* out, const float
           const int64_t i = lse_index(c, b, s, h);
           const double o = lse[i], e = hd.ref_lse[i];
           ++r.checked;
-          bool ok;
-          if (std::isnan(e) || std::isnan(o)) {
-            ok = std::isnan(e) && std::isnan(o);
-          } else if (std::isinf(e) || std::isinf(o)) {
-            ok = o == e;
-          } else {
-            ok = std::fabs(o - e) <= 1e-3 + 1e-4 * std::fabs(e);
-          }
+          const bool ok = values_match(o, e, 1e-3, 1e-4);
           if (!ok) {
             std::ostringstream os;
             os << "lse[" << b << "," << s << "," << h << "] = " << o << ", expected " << e;
@@ -317,8 +328,8 @@ Comparison run_decode_case(const DecodeCase& c, Device device, const ExecConfig&
   *status = workspace_size(DecodeShape{c.batch, c.s_q, c.h_q}, device, config, &ws_bytes);
   if (!status->ok()) return Comparison{false, 0, 0, 0, 0, "workspace_size: " + status->message()};
   auto ws = allocate(device, ws_bytes);
-  const DecodeParams p = hd.params(device, q->data(), q_pe->data(), kv->data(),
-                                   block_table->data(), seq_lens->data(), out->data(), lse->data());
+  const DecodeParams p = hd.params(device, q->data(), q_pe->data(), kv->data(), block_table->data(),
+                                   seq_lens->data(), out->data(), lse->data());
 
   // Two calls: the workspace first NaN-filled, then filled with a plausible finite pattern
   // (0x3c3c3c3c = 0.0115f); outputs re-poisoned before each. Both must match the reference.
@@ -337,7 +348,8 @@ Comparison run_decode_case(const DecodeCase& c, Device device, const ExecConfig&
     lse->download(got_lse.data(), got_lse.size() * sizeof(float));
     result = compare_decode(hd, got_out.data(), got_lse.data());
     if (!result.ok) {
-      result.failure += fill == kPoisonByte ? " (workspace NaN-filled)" : " (workspace 0x3c-filled)";
+      result.failure +=
+          fill == kPoisonByte ? " (workspace NaN-filled)" : " (workspace 0x3c-filled)";
       return result;
     }
   }
@@ -354,12 +366,24 @@ std::vector<int32_t> draw_seq_lens(std::mt19937_64& rng, int batch, int page_siz
   std::uniform_int_distribution<int> pages(1, std::max(1, max_len / page_size));
   for (int b = 0; b < batch; ++b) {
     switch (kind(rng)) {
-      case 0: lens[b] = 0; break;
-      case 1: lens[b] = 1; break;
-      case 2: lens[b] = std::min(max_len, pages(rng) * page_size - 1); break;
-      case 3: lens[b] = std::min(max_len, pages(rng) * page_size); break;
-      case 4: lens[b] = std::min(max_len, pages(rng) * page_size + 1); break;
-      default: lens[b] = any(rng); break;
+      case 0:
+        lens[b] = 0;
+        break;
+      case 1:
+        lens[b] = 1;
+        break;
+      case 2:
+        lens[b] = std::min(max_len, pages(rng) * page_size - 1);
+        break;
+      case 3:
+        lens[b] = std::min(max_len, pages(rng) * page_size);
+        break;
+      case 4:
+        lens[b] = std::min(max_len, pages(rng) * page_size + 1);
+        break;
+      default:
+        lens[b] = any(rng);
+        break;
     }
   }
   return lens;
@@ -403,17 +427,8 @@ std::vector<DecodeCase> corner_cases() {
   std::vector<DecodeCase> cases;
   auto add = [&](const std::string& name, int batch, int s_q, int h_q, int page,
                  std::vector<int32_t> lens, bool causal = false) {
-    DecodeCase c;
-    c.name = name;
-    c.batch = batch;
-    c.s_q = s_q;
-    c.h_q = h_q;
-    c.page_size = page;
-    c.seq_lens = std::move(lens);
-    c.causal = causal;
-    c.seed = 7 + cases.size();
-    cases.push_back(c);
-    return &cases.back();
+    cases.push_back(
+        make_case(name, batch, s_q, h_q, page, std::move(lens), causal, 7 + cases.size()));
   };
   add("all_empty", 4, 1, 16, 64, {0, 0, 0, 0});
   add("all_empty_causal_mtp", 3, 2, 128, 64, {0, 0, 0}, true);

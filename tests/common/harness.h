@@ -25,15 +25,19 @@ struct DecodeCase {
   std::vector<int32_t> seq_lens;  // size batch
   bool causal = false;
   DType dtype = DType::kBFloat16;
-  bool split_q = false;       // q as (q_nope, q_pe) pair
+  bool split_q = false;  // q as (q_nope, q_pe) pair
   LseLayout lse = LseLayout::kBSH;
   bool padded_strides = false;  // q/out/kv rows padded: non-packed strides
-  int extra_pages = 3;        // spare pages in the cache beyond those needed (NaN-filled)
+  int extra_pages = 3;          // spare pages in the cache beyond those needed (NaN-filled)
   float scale = 0.0721687836f;  // 1 / sqrt(192), DeepSeek's softmax scale
   uint64_t seed = 1;
 };
 
 std::string describe(const DecodeCase& c);
+
+// A case of the given shape and sequence lengths; the other fields keep their defaults.
+DecodeCase make_case(std::string name, int batch, int s_q, int h_q, int page_size,
+                     std::vector<int32_t> seq_lens, bool causal, uint64_t seed);
 
 // Memory on a device: host vectors for the CPU, cudaMalloc for CUDA.
 class DeviceBuffer {
@@ -54,7 +58,7 @@ bool device_usable(Device device);
 // NaN bit patterns used as poison: bf16/fp16 quiet NaN halves and fp32 NaN.
 inline constexpr uint16_t kPoison16 = 0x7fc1;  // a NaN in bf16 and in fp16
 inline constexpr uint32_t kPoison32 = 0x7fc00001u;
-inline constexpr uint8_t kPoisonByte = 0xff;   // workspace fill: 0xffffffff is NaN in fp32
+inline constexpr uint8_t kPoisonByte = 0xff;  // workspace fill: 0xffffffff is NaN in fp32
 inline constexpr int32_t kDeadPageId = 2147480000;
 
 // A generated problem in host memory, with the reference result.
@@ -63,10 +67,10 @@ struct HostDecode {
   int64_t num_pages = 0, max_pages = 0;
   // Element strides of the (possibly padded) layouts.
   int64_t q_row = 0, q_pe_row = 0, kv_row = 0, out_row = 0;
-  std::vector<uint16_t> q, q_pe, kv;       // kv: dead pages and page tails hold NaN
+  std::vector<uint16_t> q, q_pe, kv;           // kv: dead pages and page tails hold NaN
   std::vector<int32_t> block_table, seq_lens;  // dead entries hold kDeadPageId
-  std::vector<uint16_t> ref_out;           // reference, same layout as the out buffer
-  std::vector<float> ref_lse;              // [batch, s_q, h_q] packed
+  std::vector<uint16_t> ref_out;               // reference, same layout as the out buffer
+  std::vector<float> ref_lse;                  // [batch, s_q, h_q] packed
   size_t out_elems = 0, lse_elems = 0;
 
   // Views over buffers at the given addresses, on `device`.
@@ -79,9 +83,9 @@ HostDecode make_decode(const DecodeCase& c);
 // Result of comparing one output with the reference.
 struct Comparison {
   bool ok = true;
-  int64_t checked = 0;       // elements compared
+  int64_t checked = 0;  // elements compared
   double max_abs = 0, max_rel = 0, cos_diff = 0;
-  std::string failure;       // first failing element, empty when ok
+  std::string failure;  // first failing element, empty when ok
 };
 
 // Element-by-element check of out/lse (same layout as HostDecode's) against the reference:

@@ -49,16 +49,9 @@ std::vector<KernelCase> kernel_cases() {
   std::vector<KernelCase> cases;
   auto add = [&](const std::string& name, int threads, int batch, int s_q, int h_q, int page,
                  std::vector<int32_t> lens, bool causal = false) -> DecodeCase& {
-    DecodeCase c;
-    c.name = name;
-    c.batch = batch;
-    c.s_q = s_q;
-    c.h_q = h_q;
-    c.page_size = page;
-    c.seq_lens = std::move(lens);
-    c.causal = causal;
-    c.seed = 100 + cases.size();
-    cases.push_back({c, threads});
+    cases.push_back(
+        {make_case(name, batch, s_q, h_q, page, std::move(lens), causal, 100 + cases.size()),
+         threads});
     return cases.back().c;
   };
   add("empty_and_single", 2, 4, 1, 16, 64, {0, 1, 0, 2});

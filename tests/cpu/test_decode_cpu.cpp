@@ -61,9 +61,9 @@ TEST(CpuDecodeApi, PlanThenDecodePlanned) {
   std::vector<uint16_t> out(hd.out_elems, kPoison16);
   std::vector<float> lse(hd.lse_elems, 0.0f);
   HostDecode copy = hd;
-  const DecodeParams p = copy.params(Device{}, copy.q.data(), copy.q_pe.data(), copy.kv.data(),
-                                     copy.block_table.data(), copy.seq_lens.data(), out.data(),
-                                     lse.data());
+  const DecodeParams p =
+      copy.params(Device{}, copy.q.data(), copy.q_pe.data(), copy.kv.data(),
+                  copy.block_table.data(), copy.seq_lens.data(), out.data(), lse.data());
   ExecConfig config;
   config.num_threads = 3;
   size_t bytes = 0;

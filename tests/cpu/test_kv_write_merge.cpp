@@ -73,7 +73,8 @@ TEST_P(Merge, MatchesFormulaWithInfinities) {
   const DType dtype = GetParam();
   const int T = 5, H = 3, D = 40;
   // Per token: both finite, a = -inf, b = -inf, both -inf, a much larger than b.
-  const MergeCase lses[T] = {{1.5f, 0.25f}, {-kInf, 2.0f}, {0.5f, -kInf}, {-kInf, -kInf}, {40.f, -3.f}};
+  const MergeCase lses[T] = {
+      {1.5f, 0.25f}, {-kInf, 2.0f}, {0.5f, -kInf}, {-kInf, -kInf}, {40.f, -3.f}};
   std::mt19937 rng(11);
   std::uniform_real_distribution<float> dist(-1, 1);
   const size_t esize = dtype_size(dtype);
@@ -143,7 +144,9 @@ TEST_P(Merge, MatchesFormulaWithInfinities) {
 
 INSTANTIATE_TEST_SUITE_P(Dtypes, Merge,
                          ::testing::Values(DType::kBFloat16, DType::kFloat16, DType::kFloat32),
-                         [](const auto& param_info) { return std::string(dtype_name(param_info.param)); });
+                         [](const auto& param_info) {
+                           return std::string(dtype_name(param_info.param));
+                         });
 
 TEST(MergeValidation, NamesTheArgument) {
   std::vector<float> a(2 * 3 * 8), b(a.size()), o(a.size()), la(6), lb(6);

@@ -39,9 +39,9 @@ void dense_attention(const HostDecode& hd, int b, std::vector<double>* out,
       const int64_t qrow = (static_cast<int64_t>(b) * rows + r);
       std::vector<double> q(kHeadDimQK);
       for (int d = 0; d < kHeadDimQK; ++d) {
-        q[d] = c.split_q ? (d < kHeadDimV ? half_value(hd.q[qrow * hd.q_row + d], c.dtype)
-                                          : half_value(hd.q_pe[qrow * hd.q_pe_row + d - kHeadDimV],
-                                                       c.dtype))
+        q[d] = c.split_q ? (d < kHeadDimV
+                                ? half_value(hd.q[qrow * hd.q_row + d], c.dtype)
+                                : half_value(hd.q_pe[qrow * hd.q_pe_row + d - kHeadDimV], c.dtype))
                          : half_value(hd.q[qrow * hd.q_row + d], c.dtype);
       }
       if (visible <= 0) continue;
@@ -81,11 +81,13 @@ TEST_P(ReferenceVsDense, EveryElementMatches) {
             << describe(c) << " b=" << b << " s=" << s << " h=" << h << " d=" << d;
       }
       if (c.lse != LseLayout::kNone) {
-        const int64_t li = c.lse == LseLayout::kBSH ? row : (static_cast<int64_t>(b) * c.h_q + h) * c.s_q + s;
+        const int64_t li =
+            c.lse == LseLayout::kBSH ? row : (static_cast<int64_t>(b) * c.h_q + h) * c.s_q + s;
         if (std::isinf(lse[r])) {
           EXPECT_EQ(hd.ref_lse[li], -std::numeric_limits<float>::infinity()) << describe(c);
         } else {
-          EXPECT_NEAR(hd.ref_lse[li], lse[r], 1e-5 * std::max(1.0, std::fabs(lse[r]))) << describe(c);
+          EXPECT_NEAR(hd.ref_lse[li], lse[r], 1e-5 * std::max(1.0, std::fabs(lse[r])))
+              << describe(c);
         }
       }
     }

@@ -52,8 +52,10 @@ class Validation : public ::testing::Test {
   }
 
   void expect_untouched() {
-    for (size_t i = 0; i < out_.size(); ++i) ASSERT_EQ(out_[i], kPoison16) << "out written at " << i;
-    for (size_t i = 0; i < lse_.size(); ++i) ASSERT_TRUE(std::isnan(lse_[i])) << "lse written at " << i;
+    for (size_t i = 0; i < out_.size(); ++i)
+      ASSERT_EQ(out_[i], kPoison16) << "out written at " << i;
+    for (size_t i = 0; i < lse_.size(); ++i)
+      ASSERT_TRUE(std::isnan(lse_[i])) << "lse written at " << i;
   }
 
   HostDecode hd_;
@@ -77,15 +79,20 @@ TEST_F(Validation, QArgument) {
   expect_rejected([](DecodeParams& p) { p.q = TensorView{}; }, kInvalid, {"'q'", "absent"});
   expect_rejected([](DecodeParams& p) { p.q.dtype = DType::kFloat32; }, kInvalid,
                   {"'q'", "expected dtype bfloat16 or float16", "float32"});
-  expect_rejected([](DecodeParams& p) { p.q.ndim = 3; }, kInvalid, {"'q'", "4 dimensions", "got 3"});
+  expect_rejected([](DecodeParams& p) { p.q.ndim = 3; }, kInvalid,
+                  {"'q'", "4 dimensions", "got 3"});
   expect_rejected([](DecodeParams& p) { p.q.shape[3] = 575; }, kInvalid, {"'q'", "576"});
   expect_rejected([](DecodeParams& p) { p.q.data = nullptr; }, kInvalid, {"'q'", "null"});
   expect_rejected([](DecodeParams& p) { p.q.strides[3] = 2; }, kInvalid, {"'q'", "contiguous"});
-  expect_rejected([](DecodeParams& p) { p.q.strides[0] = -1; }, kInvalid, {"'q'", "negative stride"});
+  expect_rejected([](DecodeParams& p) { p.q.strides[0] = -1; }, kInvalid,
+                  {"'q'", "negative stride"});
   expect_rejected([](DecodeParams& p) { p.q.data = static_cast<char*>(p.q.data) + 1; }, kInvalid,
                   {"'q'", "aligned"});
-  expect_rejected([](DecodeParams& p) { p.q.device = Device{DeviceType::kCUDA, 0}; }, kInvalid,
-                  {"'kv_cache'", "cpu", "cuda:0"});
+  expect_rejected(
+      [](DecodeParams& p) {
+        p.q.device = Device{DeviceType::kCUDA, 0};
+      },
+      kInvalid, {"'kv_cache'", "cpu", "cuda:0"});
 }
 
 TEST_F(Validation, HeadAndTokenCounts) {
@@ -100,7 +107,8 @@ TEST_F(Validation, QPePair) {
   c.split_q = true;
   hd_ = make_decode(c);
   expect_rejected([](DecodeParams& p) { p.q_pe.shape[3] = 32; }, kInvalid, {"'q_pe'", "64"});
-  expect_rejected([](DecodeParams& p) { p.q_pe.shape[2] = 3; }, kInvalid, {"'q_pe'", "dimension 2"});
+  expect_rejected([](DecodeParams& p) { p.q_pe.shape[2] = 3; }, kInvalid,
+                  {"'q_pe'", "dimension 2"});
   expect_rejected([](DecodeParams& p) { p.q_pe.dtype = DType::kFloat16; }, kInvalid,
                   {"'q_pe'", "differs from q"});
   // A 576-wide q together with q_pe is a layout mistake.
@@ -116,7 +124,8 @@ TEST_F(Validation, KvCacheArgument) {
                   {"'kv_cache'", "power of two", "24"});
   expect_rejected([](DecodeParams& p) { p.kv_cache.shape[1] = 512; }, kUnsupported,
                   {"'kv_cache'", "512"});
-  expect_rejected([](DecodeParams& p) { p.kv_cache.ndim = 4; }, kInvalid, {"'kv_cache'", "3 dimensions"});
+  expect_rejected([](DecodeParams& p) { p.kv_cache.ndim = 4; }, kInvalid,
+                  {"'kv_cache'", "3 dimensions"});
 }
 
 TEST_F(Validation, MetadataArguments) {
@@ -124,7 +133,8 @@ TEST_F(Validation, MetadataArguments) {
                   {"'block_table'", "int32", "int64"});
   expect_rejected([](DecodeParams& p) { p.block_table.shape[0] = 3; }, kInvalid,
                   {"'block_table'", "dimension 0"});
-  expect_rejected([](DecodeParams& p) { p.seq_lens.shape[0] = 1; }, kInvalid, {"'seq_lens'", "[batch]"});
+  expect_rejected([](DecodeParams& p) { p.seq_lens.shape[0] = 1; }, kInvalid,
+                  {"'seq_lens'", "[batch]"});
   expect_rejected([](DecodeParams& p) { p.seq_lens.dtype = DType::kFloat32; }, kInvalid,
                   {"'seq_lens'", "int32"});
 }
@@ -134,8 +144,10 @@ TEST_F(Validation, OutputArguments) {
   expect_rejected([](DecodeParams& p) { p.out.dtype = DType::kFloat16; }, kInvalid,
                   {"'out'", "differs from q"});
   expect_rejected([](DecodeParams& p) { p.out.strides[2] = 0; }, kInvalid, {"'out'", "overlap"});
-  expect_rejected([](DecodeParams& p) { p.lse.shape[2] = 5; }, kInvalid, {"'lse'", "[batch, s_q, h_q]"});
-  expect_rejected([](DecodeParams& p) { p.lse.dtype = DType::kBFloat16; }, kInvalid, {"'lse'", "float32"});
+  expect_rejected([](DecodeParams& p) { p.lse.shape[2] = 5; }, kInvalid,
+                  {"'lse'", "[batch, s_q, h_q]"});
+  expect_rejected([](DecodeParams& p) { p.lse.dtype = DType::kBFloat16; }, kInvalid,
+                  {"'lse'", "float32"});
   expect_rejected([](DecodeParams& p) { p.lse.strides[1] = 0; }, kInvalid, {"'lse'", "overlap"});
 }
 
@@ -160,7 +172,8 @@ TEST_F(Validation, ScaleAndWorkspace) {
 
 // On the CPU the data is checked before anything is written.
 TEST_F(Validation, BadDataIsRejectedBeforeWriting) {
-  expect_rejected([&](DecodeParams&) { hd_.seq_lens[1] = -3; }, kData, {"'seq_lens'", "seq_lens[1] = -3"});
+  expect_rejected([&](DecodeParams&) { hd_.seq_lens[1] = -3; }, kData,
+                  {"'seq_lens'", "seq_lens[1] = -3"});
   hd_.seq_lens[1] = 5;
   const int64_t capacity = hd_.max_pages * hd_.c.page_size;
   expect_rejected([&](DecodeParams&) { hd_.seq_lens[0] = static_cast<int32_t>(capacity + 1); },
