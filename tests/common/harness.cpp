@@ -446,6 +446,9 @@ std::vector<DecodeCase> corner_cases() {
   add("many_splits_mixed", 4, 1, 64, 64, {0, 12000, 1, 0});
   add("half_empty", 8, 1, 64, 64, {0, 500, 0, 300, 0, 64, 0, 1});
   add("mtp2_long", 2, 2, 128, 64, {3000, 40}, true);
+  add("mtp8_causal", 3, 8, 16, 16, {40, 5, 0}, true);        // 128 rows: two 64-row tiles
+  add("s_q_16_h_q_64", 2, 16, 64, 64, {130, 9}, true);       // 1024 rows, the largest s_q
+  add("s_q_16_h_q_3", 2, kMaxSeqQ, 3, 16, {16, 15}, false);  // rows not a multiple of 8
   return cases;
 }
 
