@@ -334,4 +334,5 @@ __all__ = [
     "merge_states",
     "plan",
     "workspace_size",
+    "write_kv_cache",
 ]
