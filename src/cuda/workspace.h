@@ -6,10 +6,11 @@
 //   offset 0      WorkspaceHeader            error key, schedule totals
 //   prefix        int64 [batch + 1]          cost prefix over requests (in 64-token blocks)
 //   lens          int32 [batch]              seq_len, or -1 for a request with a bad seq_len
-//   part_first    int32 [num_parts]          first request whose cost range holds the partition
-//   start merges        MergeTask [num_parts]      the request partition p's combine CTAs merge, if
-//   any partial_lse   float [2 * num_parts, rows]     natural-log LSE of each partial partial_out
-//   float [2 * num_parts, rows, 512] normalised partial outputs
+//   part_begin    int64 [num_parts + 1]      cost range of partition p: [part_begin[p],
+//   part_begin[p+1]) part_first    int32 [num_parts]          first request whose cost range holds
+//   the partition start merges        MergeTask [num_parts]      the request partition p's combine
+//   CTAs merge, if any partial_lse   float [2 * num_parts, rows]     natural-log LSE of each
+//   partial partial_out float [2 * num_parts, rows, 512] normalised partial outputs
 //
 // Every section starts on a 256-byte boundary. Partition p owns partial slots 2p (its first
 // request) and 2p + 1 (its last request): only these two can be cut by its range.
@@ -60,7 +61,8 @@ struct alignas(16) MergeTask {
 struct WorkspaceHeader {
   unsigned long long error_key;  // kNoError or error_key(...) of the lowest bad request
   int64_t total_cost;            // sum over requests of blocks + kRequestOverhead
-  int64_t part_cost;             // cost range of one partition: ceil(total_cost / num_parts)
+  int32_t whole_requests;        // 1: partitions end on request boundaries (no request is split)
+  int32_t unused;
 };
 
 inline constexpr size_t align256(size_t n) { return (n + 255) / 256 * 256; }
@@ -69,7 +71,8 @@ struct WorkspaceLayout {
   int32_t batch = 0;
   int32_t rows = 0;       // s_q * h_q
   int32_t num_parts = 0;  // CTA partitions of the KV work (per row tile)
-  size_t prefix = 0, lens = 0, part_first = 0, merges = 0, partial_lse = 0, partial_out = 0;
+  size_t prefix = 0, lens = 0, part_begin = 0, part_first = 0, merges = 0, partial_lse = 0,
+         partial_out = 0;
   size_t bytes = 0;
 
   static WorkspaceLayout make(int32_t batch, int32_t rows, int32_t num_parts) {
@@ -80,7 +83,8 @@ struct WorkspaceLayout {
     const size_t slots = 2 * static_cast<size_t>(num_parts);
     l.prefix = align256(sizeof(WorkspaceHeader));
     l.lens = l.prefix + align256(sizeof(int64_t) * (static_cast<size_t>(batch) + 1));
-    l.part_first = l.lens + align256(sizeof(int32_t) * static_cast<size_t>(batch));
+    l.part_begin = l.lens + align256(sizeof(int32_t) * static_cast<size_t>(batch));
+    l.part_first = l.part_begin + align256(sizeof(int64_t) * (static_cast<size_t>(num_parts) + 1));
     l.merges = l.part_first + align256(sizeof(int32_t) * static_cast<size_t>(num_parts));
     l.partial_lse = l.merges + align256(sizeof(MergeTask) * static_cast<size_t>(num_parts));
     l.partial_out = l.partial_lse + align256(sizeof(float) * slots * rows);
@@ -94,6 +98,7 @@ struct ScheduleView {
   WorkspaceHeader* header;
   int64_t* prefix;      // [batch + 1]
   int32_t* lens;        // [batch]
+  int64_t* part_begin;  // [num_parts + 1]
   int32_t* part_first;  // [num_parts]
   MergeTask* merges;    // [num_parts]
   float* partial_lse;   // [2 * num_parts, rows]
@@ -105,6 +110,7 @@ struct ScheduleView {
     return ScheduleView{reinterpret_cast<WorkspaceHeader*>(base),
                         reinterpret_cast<int64_t*>(base + l.prefix),
                         reinterpret_cast<int32_t*>(base + l.lens),
+                        reinterpret_cast<int64_t*>(base + l.part_begin),
                         reinterpret_cast<int32_t*>(base + l.part_first),
                         reinterpret_cast<MergeTask*>(base + l.merges),
                         reinterpret_cast<float*>(base + l.partial_lse),

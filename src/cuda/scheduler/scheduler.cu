@@ -1,11 +1,16 @@
 // The split-KV schedule. Request b costs n_b = ceil(seq_len_b / 64) blocks plus a fixed
-// overhead; the requests' costs are laid end to end, and the total is cut into `num_parts` equal
+// overhead; the requests' costs are laid end to end, and the total is cut into `num_parts`
 // ranges, one per CTA partition (the grid never depends on seq_lens, so a captured CUDA graph
-// replays with new lengths). Within request b the overhead comes first, then block k at cost
-// position prefix[b] + kRequestOverhead + k. A partition decodes the blocks whose positions fall
-// in its range: long requests are cut across partitions, short ones are packed into one. An
-// empty request (or one with a bad seq_len) is written by the partition holding prefix[b].
+// replays with new lengths). The ranges are equal, or, when moving every cut up to the next
+// request end leaves no range more than 1/16 above the equal share, whole requests: then nothing
+// is split and the combine kernel has no work (uniform batches, spec section 6). Within request b
+// the overhead comes first, then block k at cost position prefix[b] + kRequestOverhead + k. A
+// partition decodes the blocks whose positions fall in its range: long requests are cut across
+// partitions, short ones are packed into one. An empty request (or one with a bad seq_len) is
+// written by the partition holding prefix[b].
+#include <cub/block/block_reduce.cuh>
 #include <cub/block/block_scan.cuh>
+#include <cuda/functional>
 
 #include "cuda/common/check.h"
 #include "cuda/common/launch.h"
@@ -60,11 +65,8 @@ __global__ void __launch_bounds__(kSchedulerThreads)
   }
 
   const int64_t total = carry;
-  const int64_t part_cost = total == 0 ? 1 : (total + s.num_parts - 1) / s.num_parts;
-  if (tid == 0) {
-    s.header->total_cost = total;
-    s.header->part_cost = part_cost;
-  }
+  const int32_t num_parts = s.num_parts;
+  const int64_t part_cost = total == 0 ? 1 : (total + num_parts - 1) / num_parts;
   // The prefix written above is visible after the barrier at the end of the loop.
   // Largest b with prefix[b] <= pos: the request whose cost range holds pos < total.
   auto request_at = [&](int64_t pos) {
@@ -79,16 +81,44 @@ __global__ void __launch_bounds__(kSchedulerThreads)
     }
     return lo;
   };
-  for (int32_t p = tid; p < s.num_parts; p += kSchedulerThreads) {
+  // Whole-request boundaries: each even cut p * part_cost moved up to the next request end.
+  auto snapped = [&](int32_t p) {
+    const int64_t even = static_cast<int64_t>(p) * part_cost;
+    if (even >= total) return total;
+    const int32_t b = request_at(even);
+    return s.prefix[b] == even ? even : s.prefix[b + 1];
+  };
+  // They are used when no partition grows past part_cost + part_cost / 16: a few percent of
+  // balance is cheaper than writing, re-reading and merging fp32 partials of every cut request.
+  int64_t widest = 0;
+  for (int32_t p = tid; p < num_parts; p += kSchedulerThreads) {
+    widest = max(widest, snapped(p + 1) - snapped(p));
+  }
+  using Reduce = cub::BlockReduce<int64_t, kSchedulerThreads>;
+  __shared__ typename Reduce::TempStorage reduce_storage;
+  __shared__ bool whole;
+  widest = Reduce(reduce_storage).Reduce(widest, ::cuda::maximum<>{});
+  if (tid == 0) {
+    whole = widest <= part_cost + part_cost / 16;
+    s.header->total_cost = total;
+    s.header->whole_requests = whole ? 1 : 0;
+    s.header->unused = 0;  // check_data_errors copies the whole header
+  }
+  __syncthreads();
+  for (int32_t p = tid; p <= num_parts; p += kSchedulerThreads) {
+    s.part_begin[p] = whole ? snapped(p) : min(static_cast<int64_t>(p) * part_cost, total);
+  }
+  __syncthreads();  // part_begin is read back below
+
+  for (int32_t p = tid; p < num_parts; p += kSchedulerThreads) {
+    const int64_t start = s.part_begin[p], cut = s.part_begin[p + 1];
     // part_first[p]: the request holding the partition's start (batch when it has no work).
-    const int64_t start = static_cast<int64_t>(p) * part_cost;
-    const int32_t first = start < total ? request_at(start) : batch;
+    const int32_t first = start < cut ? request_at(start) : batch;
     s.part_first[p] = first;
     // The request cut at this partition's end, if its blocks begin in this partition (its first
-    // cut): partition p's combine CTAs merge it.
+    // cut): partition p's combine CTAs merge it. Only even cuts split requests.
     MergeTask task{-1, 0, 0, 0};
-    const int64_t cut = start + part_cost;
-    if (cut < total) {
+    if (!whole && cut < total) {
       const int32_t b = request_at(cut);
       const int64_t blocks_begin = s.prefix[b] + kRequestOverhead;
       if (blocks_begin < cut && blocks_begin >= start) {

@@ -1,14 +1,14 @@
 // The portable split-KV decode kernel (mma.sync m16n8k16, cp.async), sm_80 and newer.
 //
 // Grid: (num_parts, row_tiles). CTA (p, t) serves query rows [t * kRows, (t + 1) * kRows) of
-// every request and the cost range [p * part_cost, (p + 1) * part_cost) of the schedule that
-// scheduler.cu wrote: for each request whose 64-token blocks intersect that range it decodes
-// those blocks as one work item. An item that covers a whole request writes `out` / `lse`
-// directly; a cut one writes an fp32 partial to its slot for the combine kernel.
+// every request and the work items of partition p (decode_io::for_each_item): an item that covers
+// a whole request writes `out` / `lse` directly; a cut one writes an fp32 partial to its slot for
+// the combine kernel.
 //
 // Within an item, per kBlockN-token KV tile (barriers A, B, C):
 //   A  tile t has landed (cp.async.wait_group + barrier); issue tile t + kStages - 1 into the
-//      slot tile t - 1 used, which every warp finished reading before arriving here.
+//      slot tile t - 1 used, which every warp finished reading before arriving here, and load
+//      the page ids of the tile after it.
 //      S = Q K^T per warp, scaled to the log2 domain and masked (dead tokens -> -inf).
 //      Per-warp row maxima -> shared memory.
 //   B  every warp of a row band combines the maxima, computes P = exp2(S - m) and writes it to
@@ -24,6 +24,7 @@
 #include <cstdint>
 
 #include "core/problem.h"
+#include "cuda/common/decode_io.cuh"
 #include "cuda/common/elem.cuh"
 #include "cuda/common/ptx.cuh"
 #include "cuda/common/softmax.cuh"
@@ -66,99 +67,25 @@ struct DecodeCta {
   __device__ float* red_sum() const { return reinterpret_cast<float*>(smem + Cfg::kSumOffset); }
   __device__ float* row_max() const { return reinterpret_cast<float*>(smem + Cfg::kRowMaxOffset); }
 
-  // Keys visible to packed row r (0 for padding rows past s_q * h_q).
-  __device__ int32_t visible(int r, int32_t len) const {
-    if (r >= rows) return 0;
-    const int32_t sq = r / p.h_q;
-    return p.causal ? len - (p.s_q - 1 - sq) : len;
+  __device__ auto q_chunk() const {
+    const uint32_t base = q_addr();
+    return [base](int row, int chunk) { return base + row_chunk_offset(row, chunk); };
   }
-
-  // cp.async of this CTA's Q rows; rows past s_q * h_q are zero-filled.
-  __device__ void issue_q(int32_t b) const {
-    const Elem* q_nope = static_cast<const Elem*>(p.q_nope);
-    const Elem* q_pe = static_cast<const Elem*>(p.q_pe);
-    for (int rr = warp; rr < Cfg::kRows; rr += Cfg::kWarps) {
-      const int r = row0 + rr;
-      const bool valid = r < rows;
-      const int sq = valid ? r / p.h_q : 0;
-      const int h = valid ? r - sq * p.h_q : 0;
-      const Elem* nope =
-          q_nope + b * p.q_nope_stride_b + sq * p.q_nope_stride_s + h * p.q_nope_stride_h;
-      const Elem* pe = q_pe + b * p.q_pe_stride_b + sq * p.q_pe_stride_s + h * p.q_pe_stride_h;
-      ptx::cp_async_16(q_addr() + row_chunk_offset(rr, lane), nope + lane * 8, valid);
-      ptx::cp_async_16(q_addr() + row_chunk_offset(rr, lane + 32), nope + (lane + 32) * 8, valid);
-      if (lane < 8)
-        ptx::cp_async_16(q_addr() + row_chunk_offset(rr, 64 + lane), pe + lane * 8, valid);
-    }
+  __device__ auto kv_chunk(int slot) const {
+    const uint32_t base = kv_addr(slot);
+    return [base](int row, int chunk) { return base + row_chunk_offset(row, chunk); };
   }
-
-  // cp.async of KV tokens [tok, tok + kBlockN) of request b into `slot`. One warp per token row:
-  // 32 lanes read 512 contiguous bytes per instruction. Tokens at or past `tok_end` and tokens on
-  // an out-of-range page are zero-filled without reading; the latter set `bad`. The page ids of
-  // all the warp's tokens are loaded first, unconditionally (a dead token reads entry 0, live in
-  // any request with work), so their latencies overlap instead of adding up.
-  __device__ void issue_kv(int32_t b, int64_t tok, int64_t tok_end, int slot, bool& bad) const {
-    constexpr int kTokens = Cfg::kBlockN / Cfg::kWarps;
-    const Elem* kv = static_cast<const Elem*>(p.kv);
-    const int32_t* pages = p.block_table + b * p.block_table_stride;
-    const uint32_t dst = kv_addr(slot);
-    int32_t page[kTokens];
-#pragma unroll
-    for (int i = 0; i < kTokens; ++i) {
-      const int64_t j = tok + warp + i * Cfg::kWarps;
-      page[i] = __ldg(pages + (j < tok_end ? (j >> p.page_shift) : 0));
-    }
-#pragma unroll
-    for (int i = 0; i < kTokens; ++i) {
-      const int t = warp + i * Cfg::kWarps;
-      const int64_t j = tok + t;
-      const bool live = j < tok_end;
-      const bool in_cache = page[i] >= 0 && page[i] < p.num_pages;
-      if (live && !in_cache) {
-        if (!bad && lane == 0) {
-          atomicMin(&s.header->error_key,
-                    error_key(b, DataError::kBadPage, static_cast<int32_t>(j >> p.page_shift)));
-        }
-        bad = true;
-      }
-      const bool valid = live && in_cache;
-      const Elem* src =
-          valid ? kv + page[i] * p.kv_stride_page + (j & (p.page_size - 1)) * p.kv_stride_row : kv;
-      ptx::cp_async_16(dst + row_chunk_offset(t, lane), src + lane * 8, valid);
-      ptx::cp_async_16(dst + row_chunk_offset(t, lane + 32), src + (lane + 32) * 8, valid);
-      if (lane < 8)
-        ptx::cp_async_16(dst + row_chunk_offset(t, 64 + lane), src + (64 + lane) * 8, valid);
-    }
-  }
-
-  // Writes the rows of an item with no keys: out = 0, lse = -inf; or NaN for a bad request.
-  __device__ void write_empty(int32_t b, bool bad) const {
-    const float fill = bad ? CUDART_NAN_F : 0.0f;
-    const uint32_t pair = Traits::pack(fill, fill);
-    const uint4 v = make_uint4(pair, pair, pair, pair);
-    for (int i = threadIdx.x; i < Cfg::kRows * (kHeadDimV / 8); i += Cfg::kThreads) {
-      const int r = row0 + i / (kHeadDimV / 8);
-      if (r >= rows) continue;
-      const int sq = r / p.h_q, h = r - sq * p.h_q;
-      Elem* out =
-          static_cast<Elem*>(p.out) + b * p.out_stride_b + sq * p.out_stride_s + h * p.out_stride_h;
-      reinterpret_cast<uint4*>(out)[i % (kHeadDimV / 8)] = v;
-    }
-    if (p.lse != nullptr) {
-      for (int rr = threadIdx.x; rr < Cfg::kRows; rr += Cfg::kThreads) {
-        const int r = row0 + rr;
-        if (r >= rows) continue;
-        const int sq = r / p.h_q, h = r - sq * p.h_q;
-        p.lse[b * p.lse_stride_b + sq * p.lse_stride_s + h * p.lse_stride_h] =
-            bad ? CUDART_NAN_F : -CUDART_INF_F;
-      }
-    }
+  using Pages = decode_io::KvPages<Cfg::kBlockN, Cfg::kWarps>;
+  __device__ void issue_kv(int32_t b, int64_t tok, int64_t tok_end, int slot, const Pages& pages,
+                           bool& bad) const {
+    decode_io::load_kv<Cfg::kBlockN, Cfg::kWarps, Elem>(p, s, b, tok, tok_end, warp, lane, pages,
+                                                        kv_chunk(slot), bad);
   }
 
   // Decodes tokens [tok_begin, tok_end) of request b (tok_begin a multiple of 64) for this CTA's
-  // rows. `split`: write the partial result to `slot` instead of out / lse.
-  __device__ void run_item(int32_t b, int32_t len, int64_t tok_begin, int64_t tok_end, bool split,
-                           int slot) {
+  // rows and stores them to `sink` (out / lse, or a split's partial slot).
+  __device__ void run_item(int32_t b, int32_t len, int64_t tok_begin, int64_t tok_end,
+                           const decode_io::RowSink& sink) {
     const int g = lane / 4, c = lane % 4;
     const int band = warp % Cfg::kMTiles, group = warp / Cfg::kMTiles;
     const int num_tiles = static_cast<int>((tok_end - tok_begin + Cfg::kBlockN - 1) / Cfg::kBlockN);
@@ -167,15 +94,21 @@ struct DecodeCta {
     // S-phase rows of this thread: band * 16 + g and + 8.
     int32_t vis[2];
 #pragma unroll
-    for (int i = 0; i < 2; ++i) vis[i] = visible(row0 + band * 16 + g + 8 * i, len);
+    for (int i = 0; i < 2; ++i) vis[i] = decode_io::visible(p, row0 + band * 16 + g + 8 * i, len);
 
     bool bad = false;
-    issue_q(b);
+    decode_io::load_q<Cfg::kRows, Cfg::kWarps, Elem>(p, b, row0, warp, lane, q_chunk());
+    auto tile_tok = [&](int tile) { return tok_begin + static_cast<int64_t>(tile) * Cfg::kBlockN; };
+    Pages pages;  // page ids of the next tile to issue, loaded a tile ahead
 #pragma unroll
     for (int st = 0; st < Cfg::kStages - 1; ++st) {
-      if (st < num_tiles) issue_kv(b, tok_begin + st * Cfg::kBlockN, tok_end, st, bad);
+      if (st < num_tiles) {
+        pages.load(p, b, tile_tok(st), tok_end, warp);
+        issue_kv(b, tile_tok(st), tok_end, st, pages, bad);
+      }
       ptx::cp_async_commit();
     }
+    if (Cfg::kStages - 1 < num_tiles) pages.load(p, b, tile_tok(Cfg::kStages - 1), tok_end, warp);
 
     float m[2] = {-CUDART_INF_F, -CUDART_INF_F};  // running row max, log2 domain
     float l[2] = {0.0f, 0.0f};                    // this thread's share of the row sums
@@ -193,11 +126,9 @@ struct DecodeCta {
       __syncthreads();  // A
       {
         const int next = t + Cfg::kStages - 1;
-        if (next < num_tiles) {
-          issue_kv(b, tok_begin + static_cast<int64_t>(next) * Cfg::kBlockN, tok_end,
-                   next % Cfg::kStages, bad);
-        }
+        if (next < num_tiles) issue_kv(b, tile_tok(next), tok_end, next % Cfg::kStages, pages, bad);
         ptx::cp_async_commit();
+        if (next + 1 < num_tiles) pages.load(p, b, tile_tok(next + 1), tok_end, warp);
       }
 
       // ---- S = Q K^T for rows band*16.., tokens group*kSTokens.. ----
@@ -375,31 +306,10 @@ struct DecodeCta {
         const float inv = sum > 0.0f ? 1.0f / sum : 0.0f;
         const float lse = bad ? CUDART_NAN_F : softmax::natural_lse(row_max()[rr], sum);
         if (r >= rows) continue;
-        const int col0 = warp * Cfg::kOCols + 2 * c;
-        if (split) {
-          const int64_t prow = static_cast<int64_t>(slot) * rows + r;
-          float* dst = s.partial_out + prow * kHeadDimV + col0;
-#pragma unroll
-          for (int nt = 0; nt < Cfg::kONTiles; ++nt) {
-            const float v0 = bad ? CUDART_NAN_F : acc[mt][nt][2 * i] * inv;
-            const float v1 = bad ? CUDART_NAN_F : acc[mt][nt][2 * i + 1] * inv;
-            *reinterpret_cast<float2*>(dst + nt * 8) = make_float2(v0, v1);
-          }
-          if (warp == 0 && c == 0) s.partial_lse[prow] = lse;
-        } else {
-          const int sq = r / p.h_q, h = r - sq * p.h_q;
-          Elem* dst = static_cast<Elem*>(p.out) + b * p.out_stride_b + sq * p.out_stride_s +
-                      h * p.out_stride_h + col0;
-#pragma unroll
-          for (int nt = 0; nt < Cfg::kONTiles; ++nt) {
-            const float v0 = bad ? CUDART_NAN_F : acc[mt][nt][2 * i] * inv;
-            const float v1 = bad ? CUDART_NAN_F : acc[mt][nt][2 * i + 1] * inv;
-            *reinterpret_cast<uint32_t*>(dst + nt * 8) = Traits::pack(v0, v1);
-          }
-          if (warp == 0 && c == 0 && p.lse != nullptr) {
-            p.lse[b * p.lse_stride_b + sq * p.lse_stride_s + h * p.lse_stride_h] = lse;
-          }
-        }
+        decode_io::store_row<Cfg::kONTiles, Traits>(
+            p, s, sink, r, warp * Cfg::kOCols + 2 * c, bad, inv,
+            [&](int nt, int j) { return acc[mt][nt][2 * i + j]; });
+        if (warp == 0 && c == 0) decode_io::store_lse(p, s, sink, r, lse);
       }
     }
     __syncthreads();  // the next item overwrites Q, P and the exchange buffers
@@ -422,31 +332,13 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1)
                              static_cast<int>(threadIdx.x % 32),
                              static_cast<int>(blockIdx.y) * Cfg::kRows,
                              p.s_q * p.h_q};
-  const int part = blockIdx.x;
-  const int64_t total = s.header->total_cost;
-  const int64_t part_cost = s.header->part_cost;
-  const int64_t c0 = part * part_cost;
-  if (c0 >= total) return;
-  const int64_t c1 = min(c0 + part_cost, total);
-  const int32_t first = s.part_first[part];
-  for (int32_t b = first; b < p.batch; ++b) {
-    const int64_t begin = s.prefix[b];
-    if (begin >= c1) break;
-    const int64_t end = s.prefix[b + 1];
-    const int64_t blocks_begin = begin + kRequestOverhead;  // cost position of block 0
-    const int32_t len = s.lens[b];
-    if (end == blocks_begin) {  // no blocks: empty request or bad seq_len
-      if (begin >= c0) cta.write_empty(b, len < 0);
-      continue;
-    }
-    const int64_t k0 = max(c0, blocks_begin) - blocks_begin;
-    const int64_t k1 = min(c1, end) - blocks_begin;
-    if (k1 <= k0) continue;  // this range holds only the request's overhead
-    const bool split = c0 > blocks_begin || c1 < end;
-    const int slot = 2 * part + (b == first ? 0 : 1);
-    cta.run_item(b, len, k0 * kScheduleBlock, min(k1 * kScheduleBlock, static_cast<int64_t>(len)),
-                 split, slot);
-  }
+  decode_io::for_each_item(
+      p, s, blockIdx.x,
+      [&](int32_t b, bool bad) {
+        decode_io::write_empty<Cfg::kRows, Cfg::kThreads, Traits>(p, b, cta.row0, bad);
+      },
+      [&](int32_t b, int32_t len, int64_t tok_begin, int64_t tok_end,
+          const decode_io::RowSink& sink) { cta.run_item(b, len, tok_begin, tok_end, sink); });
 }
 
 }  // namespace mla::cuda::sm80
