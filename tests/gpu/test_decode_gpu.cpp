@@ -25,6 +25,14 @@ class DecodeGpu : public ::testing::Test {
   }
 };
 
+// Compute capability 9.0: the device the sm_90a kernel runs on.
+bool is_sm90() {
+  int major = 0, minor = 0;
+  return cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, 0) == cudaSuccess &&
+         cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, 0) == cudaSuccess &&
+         major == 9 && minor == 0;
+}
+
 // Sets an environment variable for the lifetime of the object.
 class ScopedEnv {
  public:
@@ -71,9 +79,13 @@ TEST_F(DecodeGpu, EveryKernelConfiguration) {
     ScopedEnv env("MLA_CUDA_SMEM_LIMIT", "101376");  // sm_86 / sm_89: 16-row tiles only
     run_all("MLA_CUDA_SMEM_LIMIT=101376");
   }
-  for (const char* name : {"m4n64s2w8", "m2n64s2w8", "m1n64s2w8"}) {
+  std::vector<std::string> names = {"m4n64s2w8", "m2n64s2w8", "m1n64s2w8"};
+  if (is_sm90()) {  // the sm_90a kernel, also for the 16-row shapes it does not serve by default
+    names.push_back("sm90n64s2");
+  }
+  for (const std::string& name : names) {
     ScopedEnv env("MLA_CUDA_KERNEL", name);
-    run_all(std::string("MLA_CUDA_KERNEL=") + name);
+    run_all("MLA_CUDA_KERNEL=" + name);
   }
 }
 
