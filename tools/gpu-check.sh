@@ -23,10 +23,13 @@ usage: tools/gpu-check.sh [options]
                       gtest filter for racecheck and initcheck, the slow tools (default: all
                       but the exhaustive kernel sweeps)
   --sanitizer-timeout SECONDS
-                      limit per sanitizer pass (default 90); a pass cut off reports TIMEOUT
+                      limit per sanitizer pass (default 300; memcheck over the whole
+                      suite takes about 125 s on H100); a pass cut off reports TIMEOUT
   --level N           MLA_TEST_LEVEL for the tests and sanitizer passes (default 0)
   --build-dir DIR     build directory (default build-gpu)
   --arch LIST         CMAKE_CUDA_ARCHITECTURES (default 90)
+  --kernels LIST      also run the bench table with each named kernel configuration
+                      (MLA_CUDA_KERNEL), comma-separated, e.g. sm90n64s2,m4n64s2w8
 EOF
 }
 
@@ -34,8 +37,8 @@ run_tests=1 run_sanitizer=1 run_bench=1
 tools="memcheck,initcheck,racecheck,synccheck"
 # The exhaustive kernel sweeps take minutes under racecheck / initcheck; memcheck runs them all.
 filter='*' slow_filter='*-DecodeGpu.EveryKernelConfiguration:DecodeGpu.Sweep'
-sanitizer_timeout=90 level=0 ctest_regex=
-build_dir=build-gpu arch=90
+sanitizer_timeout=300 level=0 ctest_regex=
+build_dir=build-gpu arch=90 kernels=
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --no-tests) run_tests=0 ;;
@@ -50,6 +53,7 @@ while [[ $# -gt 0 ]]; do
     --level) level="$2"; shift ;;
     --build-dir) build_dir="$2"; shift ;;
     --arch) arch="$2"; shift ;;
+    --kernels) kernels="$2"; shift ;;
     -h|--help) usage; exit 0 ;;
     *) echo "gpu-check: unknown option $1" >&2; usage >&2; exit 2 ;;
   esac
@@ -164,6 +168,11 @@ if [[ $run_bench -eq 1 ]]; then
   : >"$out/bench.txt"
   stage "bench --table" "$out/bench.txt" 300 \
     "$cli" bench --device cuda --table --json "$out/bench-table.json"
+  IFS=, read -r -a kernel_list <<<"$kernels"
+  for k in "${kernel_list[@]}"; do
+    MLA_CUDA_KERNEL=$k stage "bench --table $k" "$out/bench.txt" 300 \
+      "$cli" bench --device cuda --table
+  done
   stage "bench --layers 61" "$out/bench.txt" 240 \
     "$cli" bench --device cuda --layers 61 --json "$out/bench-layers61.json"
   stage "bench --layers 61 b1" "$out/bench.txt" 120 \
