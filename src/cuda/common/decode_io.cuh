@@ -213,4 +213,18 @@ __device__ __forceinline__ void for_each_item(const detail::DecodeProblem& p, co
   }
 }
 
+// The body of a decode kernel's CTA: the rows [row0, row0 + kRows) of partition `part`'s work
+// items, each handed to cta.run_item(b, len, tok_begin, tok_end, sink), and of the empty
+// requests it owns.
+template <int kRows, int kThreads, typename Traits, typename Cta>
+__device__ __forceinline__ void run_partition(const detail::DecodeProblem& p, const ScheduleView& s,
+                                              int part, int row0, Cta& cta) {
+  for_each_item(
+      p, s, part,
+      [&](int32_t b, bool bad) { write_empty<kRows, kThreads, Traits>(p, b, row0, bad); },
+      [&](int32_t b, int32_t len, int64_t tok_begin, int64_t tok_end, const RowSink& sink) {
+        cta.run_item(b, len, tok_begin, tok_end, sink);
+      });
+}
+
 }  // namespace mla::cuda::decode_io

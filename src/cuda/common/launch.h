@@ -8,7 +8,9 @@
 
 #include <utility>
 
+#include "core/problem.h"
 #include "cuda/common/check.h"
+#include "cuda/workspace.h"
 
 namespace mla::cuda {
 
@@ -26,6 +28,19 @@ Status launch_kernel(const char* name, void (*kernel)(Params...), dim3 grid, dim
   config.attrs = attr;
   config.numAttrs = pdl ? 1 : 0;
   return cuda_status(cudaLaunchKernelEx(&config, kernel, std::forward<Args>(args)...), name);
+}
+
+// A decode kernel: grid (num_parts, ceil(s_q * h_q / rows_per_cta)), `threads` per CTA and
+// `smem_bytes` of dynamic shared memory, whose limit is raised first.
+using DecodeKernel = void (*)(detail::DecodeProblem, ScheduleView);
+inline Status launch_decode_kernel(const char* name, DecodeKernel kernel, int rows_per_cta,
+                                   int threads, size_t smem_bytes, const detail::DecodeProblem& p,
+                                   const ScheduleView& schedule, cudaStream_t stream, bool pdl) {
+  const int rows = p.s_q * p.h_q;
+  const dim3 grid(schedule.num_parts, (rows + rows_per_cta - 1) / rows_per_cta);
+  MLA_CUDA_RETURN_IF_ERROR(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                                static_cast<int>(smem_bytes)));
+  return launch_kernel(name, kernel, grid, dim3(threads), smem_bytes, stream, pdl, p, schedule);
 }
 
 }  // namespace mla::cuda

@@ -332,13 +332,7 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1)
                              static_cast<int>(threadIdx.x % 32),
                              static_cast<int>(blockIdx.y) * Cfg::kRows,
                              p.s_q * p.h_q};
-  decode_io::for_each_item(
-      p, s, blockIdx.x,
-      [&](int32_t b, bool bad) {
-        decode_io::write_empty<Cfg::kRows, Cfg::kThreads, Traits>(p, b, cta.row0, bad);
-      },
-      [&](int32_t b, int32_t len, int64_t tok_begin, int64_t tok_end,
-          const decode_io::RowSink& sink) { cta.run_item(b, len, tok_begin, tok_end, sink); });
+  decode_io::run_partition<Cfg::kRows, Cfg::kThreads, Traits>(p, s, blockIdx.x, cta.row0, cta);
 }
 
 }  // namespace mla::cuda::sm80

@@ -12,14 +12,10 @@ namespace mla::cuda::sm80 {
 template <typename Cfg>
 Status launch_config(const detail::DecodeProblem& p, const ScheduleView& schedule,
                      cudaStream_t stream, bool pdl) {
-  const int rows = p.s_q * p.h_q;
-  const dim3 grid(schedule.num_parts, (rows + Cfg::kRows - 1) / Cfg::kRows);
-  return dispatch_elem(p.dtype, [&](auto traits) -> Status {
-    auto* kernel = &decode_kernel<Cfg, decltype(traits)>;
-    MLA_CUDA_RETURN_IF_ERROR(cudaFuncSetAttribute(
-        kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(Cfg::kSmemBytes)));
-    return launch_kernel("sm80::decode_kernel", kernel, grid, dim3(Cfg::kThreads), Cfg::kSmemBytes,
-                         stream, pdl, p, schedule);
+  return dispatch_elem(p.dtype, [&](auto traits) {
+    return launch_decode_kernel("sm80::decode_kernel", &decode_kernel<Cfg, decltype(traits)>,
+                                Cfg::kRows, Cfg::kThreads, Cfg::kSmemBytes, p, schedule, stream,
+                                pdl);
   });
 }
 
