@@ -19,6 +19,7 @@
 #include <math_constants.h>
 
 #include <cstdint>
+#include <type_traits>
 
 #include "core/problem.h"
 #include "cuda/common/decode_io.cuh"
@@ -117,14 +118,17 @@ struct DecodeCta {
       // 32 * (ks % 4) of slab ks / 4; this warpgroup's tokens start 32 rows into each slab ----
       float sc[kSRegs];
       const uint32_t kv = kv_base(slot);
+      // Descriptors of k-step 0; k-step ks adds a compile-time byte offset (in 16-byte units),
+      // so the MMAs issue back to back instead of waiting for descriptor arithmetic.
+      const uint64_t dq0 = wgmma::desc_sw128(q, 16, 1024);
+      const uint64_t dk0 = wgmma::desc_sw128(kv + wg * kSTokens * 128, 16, 1024);
       wgmma::fence();
 #pragma unroll
       for (int ks = 0; ks < kHeadDimQK / 16; ++ks) {
         const uint32_t col = (ks % 4) * 32;
-        const uint64_t dq = wgmma::desc_sw128(q + (ks / 4) * Cfg::kQSlabBytes + col, 16, 1024);
-        const uint64_t dk = wgmma::desc_sw128(
-            kv + (ks / 4) * Cfg::kKvSlabBytes + wg * kSTokens * 128 + col, 16, 1024);
-        wgmma::wgmma_m64n32k16_ss<Traits::kIsBf16>(sc, dq, dk, ks > 0);
+        wgmma::wgmma_m64n32k16_ss<Traits::kIsBf16>(
+            sc, wgmma::desc_add(dq0, (ks / 4) * Cfg::kQSlabBytes + col),
+            wgmma::desc_add(dk0, (ks / 4) * Cfg::kKvSlabBytes + col), ks > 0);
       }
       wgmma::commit_group();
       // While S runs: the next tile's loads, and the page ids of the one after.
@@ -135,43 +139,70 @@ struct DecodeCta {
       wgmma::fence_operands(sc);
 
       // ---- scale, mask, row maxima of this warpgroup's tokens ----
+      int lim[2];  // this thread's rows see tile columns [0, lim) of the warpgroup's 32
 #pragma unroll
       for (int i = 0; i < 2; ++i) {
-        const int lim = static_cast<int>(
+        lim[i] = static_cast<int>(
             max(int64_t{0}, min(int64_t{Cfg::kBlockN}, vis[i] - tile_tok(t))) - wg * kSTokens);
-        float tile_max = -CUDART_INF_F;
+      }
+      // Most tiles are visible in full to every row of the warp: then no per-element compare.
+      auto scale_and_max = [&](auto masked) {
 #pragma unroll
-        for (int nt = 0; nt < kSTokens / 8; ++nt) {
+        for (int i = 0; i < 2; ++i) {
+          float tile_max = -CUDART_INF_F;
 #pragma unroll
-          for (int j = 0; j < 2; ++j) {
-            float& v = sc[4 * nt + 2 * i + j];
-            v = nt * 8 + 2 * c + j < lim ? v * scale_log2 : -CUDART_INF_F;
-            tile_max = fmaxf(tile_max, v);
+          for (int nt = 0; nt < kSTokens / 8; ++nt) {
+#pragma unroll
+            for (int j = 0; j < 2; ++j) {
+              float& v = sc[4 * nt + 2 * i + j];
+              if constexpr (decltype(masked)::value) {
+                v = nt * 8 + 2 * c + j < lim[i] ? v * scale_log2 : -CUDART_INF_F;
+              } else {
+                v *= scale_log2;
+              }
+              tile_max = fmaxf(tile_max, v);
+            }
           }
+          tile_max = softmax::quad_max(tile_max);
+          if (c == 0) red_max()[wg * Cfg::kRows + band + g + 8 * i] = tile_max;
         }
-        tile_max = softmax::quad_max(tile_max);
-        if (c == 0) red_max()[wg * Cfg::kRows + band + g + 8 * i] = tile_max;
+      };
+      if (__all_sync(0xffffffffu, min(lim[0], lim[1]) >= kSTokens)) {
+        scale_and_max(std::false_type{});
+      } else {
+        scale_and_max(std::true_type{});
       }
       __syncthreads();  // B
 
       // ---- online softmax; P of this warpgroup's tokens to the shared P tile ----
+      float base[2], alpha[2];
 #pragma unroll
       for (int i = 0; i < 2; ++i) {
         const int rr = band + g + 8 * i;
         const float m_new = fmaxf(m[i], fmaxf(red_max()[rr], red_max()[Cfg::kRows + rr]));
-        const float base = softmax::exp_base(m_new);
-        const float alpha = softmax::exp2(m[i] - base);
+        base[i] = softmax::exp_base(m_new);
+        alpha[i] = softmax::exp2(m[i] - base[i]);
         m[i] = m_new;
-        l[i] *= alpha;
+        l[i] *= alpha[i];
+      }
+      // Once the row maxima settle, alpha is exactly 1 for every row of the warp: skip the 128
+      // multiplies (a warp-uniform branch).
+      if (__any_sync(0xffffffffu, alpha[0] != 1.0f || alpha[1] != 1.0f)) {
 #pragma unroll
         for (int nt = 0; nt < Cfg::kOCols / 8; ++nt) {
-          o[4 * nt + 2 * i] *= alpha;
-          o[4 * nt + 2 * i + 1] *= alpha;
+          o[4 * nt] *= alpha[0];
+          o[4 * nt + 1] *= alpha[0];
+          o[4 * nt + 2] *= alpha[1];
+          o[4 * nt + 3] *= alpha[1];
         }
+      }
+#pragma unroll
+      for (int i = 0; i < 2; ++i) {
+        const int rr = band + g + 8 * i;
 #pragma unroll
         for (int nt = 0; nt < kSTokens / 8; ++nt) {
-          const float p0 = softmax::exp2(sc[4 * nt + 2 * i] - base);
-          const float p1 = softmax::exp2(sc[4 * nt + 2 * i + 1] - base);
+          const float p0 = softmax::exp2(sc[4 * nt + 2 * i] - base[i]);
+          const float p1 = softmax::exp2(sc[4 * nt + 2 * i + 1] - base[i]);
           l[i] += p0 + p1;
           const int tok = wg * kSTokens + nt * 8 + 2 * c;  // chunk tok / 8, element tok % 8
           ptx::st_shared_u32(p_tile + rr * 128 + (((tok >> 3) ^ (rr & 7)) << 4) + (tok & 7) * 2,
@@ -184,13 +215,14 @@ struct DecodeCta {
       // ---- O += P V: P is K-major (one slab); V is MN-major (tokens = K rows of 128 bytes,
       // 8-row groups 1024 apart, 64-column slabs kKvSlabBytes apart); warpgroup wg starts at
       // slab 4 wg ----
+      const uint64_t dp0 = wgmma::desc_sw128(p_tile, 16, 1024);
+      const uint64_t dv0 =
+          wgmma::desc_sw128(kv + 4 * wg * Cfg::kKvSlabBytes, Cfg::kKvSlabBytes, 1024);
       wgmma::fence();
 #pragma unroll
       for (int kk = 0; kk < Cfg::kBlockN / 16; ++kk) {
-        const uint64_t dp = wgmma::desc_sw128(p_tile + kk * 32, 16, 1024);
-        const uint64_t dv = wgmma::desc_sw128(kv + 4 * wg * Cfg::kKvSlabBytes + kk * 16 * 128,
-                                              Cfg::kKvSlabBytes, 1024);
-        wgmma::wgmma_m64n256k16_ss_tb<Traits::kIsBf16>(o, dp, dv);
+        wgmma::wgmma_m64n256k16_ss_tb<Traits::kIsBf16>(o, wgmma::desc_add(dp0, kk * 32),
+                                                       wgmma::desc_add(dv0, kk * 16 * 128));
       }
       wgmma::commit_group();
       wgmma::wait_group<0>();
@@ -241,13 +273,7 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1)
                              static_cast<int>(threadIdx.x / 32),
                              static_cast<int>(threadIdx.x % 32),
                              static_cast<int>(blockIdx.y) * Cfg::kRows};
-  decode_io::for_each_item(
-      p, s, blockIdx.x,
-      [&](int32_t b, bool bad) {
-        decode_io::write_empty<Cfg::kRows, Cfg::kThreads, Traits>(p, b, cta.row0, bad);
-      },
-      [&](int32_t b, int32_t len, int64_t tok_begin, int64_t tok_end,
-          const decode_io::RowSink& sink) { cta.run_item(b, len, tok_begin, tok_end, sink); });
+  decode_io::run_partition<Cfg::kRows, Cfg::kThreads, Traits>(p, s, blockIdx.x, cta.row0, cta);
 }
 
 }  // namespace mla::cuda::sm90
