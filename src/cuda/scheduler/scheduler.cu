@@ -15,6 +15,7 @@
 #include "cuda/common/check.h"
 #include "cuda/common/launch.h"
 #include "cuda/common/ptx.cuh"
+#include "cuda/scheduler/partition.h"
 #include "cuda/scheduler/scheduler.h"
 
 namespace mla::cuda {
@@ -66,47 +67,29 @@ __global__ void __launch_bounds__(kSchedulerThreads)
 
   const int64_t total = carry;
   const int32_t num_parts = s.num_parts;
-  const int64_t part_cost = total == 0 ? 1 : (total + num_parts - 1) / num_parts;
+  const int64_t part_cost = partition::part_cost(total, num_parts);
   // The prefix written above is visible after the barrier at the end of the loop.
-  // Largest b with prefix[b] <= pos: the request whose cost range holds pos < total.
-  auto request_at = [&](int64_t pos) {
-    int32_t lo = 0, hi = batch - 1;
-    while (lo < hi) {
-      const int32_t mid = (lo + hi + 1) / 2;
-      if (s.prefix[mid] <= pos) {
-        lo = mid;
-      } else {
-        hi = mid - 1;
-      }
-    }
-    return lo;
+  auto request_at = [&](int64_t pos) { return partition::request_at(s.prefix, batch, pos); };
+  auto whole_cut = [&](int32_t p) {
+    return partition::whole_cut(s.prefix, batch, total, part_cost, p);
   };
-  // Whole-request boundaries: each even cut p * part_cost moved up to the next request end.
-  auto snapped = [&](int32_t p) {
-    const int64_t even = static_cast<int64_t>(p) * part_cost;
-    if (even >= total) return total;
-    const int32_t b = request_at(even);
-    return s.prefix[b] == even ? even : s.prefix[b + 1];
-  };
-  // They are used when no partition grows past part_cost + part_cost / 16: a few percent of
-  // balance is cheaper than writing, re-reading and merging fp32 partials of every cut request.
   int64_t widest = 0;
   for (int32_t p = tid; p < num_parts; p += kSchedulerThreads) {
-    widest = max(widest, snapped(p + 1) - snapped(p));
+    widest = max(widest, whole_cut(p + 1) - whole_cut(p));
   }
   using Reduce = cub::BlockReduce<int64_t, kSchedulerThreads>;
   __shared__ typename Reduce::TempStorage reduce_storage;
   __shared__ bool whole;
   widest = Reduce(reduce_storage).Reduce(widest, ::cuda::maximum<>{});
   if (tid == 0) {
-    whole = widest <= part_cost + part_cost / 16;
+    whole = partition::use_whole_cuts(widest, part_cost);
     s.header->total_cost = total;
     s.header->whole_requests = whole ? 1 : 0;
     s.header->unused = 0;  // check_data_errors copies the whole header
   }
   __syncthreads();
   for (int32_t p = tid; p <= num_parts; p += kSchedulerThreads) {
-    s.part_begin[p] = whole ? snapped(p) : min(static_cast<int64_t>(p) * part_cost, total);
+    s.part_begin[p] = whole ? whole_cut(p) : partition::equal_cut(total, part_cost, p);
   }
   __syncthreads();  // part_begin is read back below
 
