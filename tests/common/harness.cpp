@@ -449,6 +449,11 @@ std::vector<DecodeCase> corner_cases() {
   add("mtp8_causal", 3, 8, 16, 16, {40, 5, 0}, true);        // 128 rows: two 64-row tiles
   add("s_q_16_h_q_64", 2, 16, 64, 64, {130, 9}, true);       // 1024 rows, the largest s_q
   add("s_q_16_h_q_3", 2, kMaxSeqQ, 3, 16, {16, 15}, false);  // rows not a multiple of 8
+  // Thousands of tiny requests: on a GPU of up to ~175 SMs each partition holds many whole
+  // requests, so the CUDA schedule takes whole-request cuts (no split, no combine work).
+  std::vector<int32_t> tiny(3000);
+  for (size_t b = 0; b < tiny.size(); ++b) tiny[b] = static_cast<int32_t>(b * 7 % 21);
+  add("whole_requests", 3000, 1, 1, 16, std::move(tiny));
   return cases;
 }
 
