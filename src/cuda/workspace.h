@@ -3,14 +3,16 @@
 // allocates it once per shape. plan() rewrites the header and the schedule on every step; partial
 // results are written and read within one decode_planned().
 //
-//   offset 0      WorkspaceHeader            error key, schedule totals
-//   prefix        int64 [batch + 1]          cost prefix over requests (in 64-token blocks)
-//   lens          int32 [batch]              seq_len, or -1 for a request with a bad seq_len
-//   part_begin    int64 [num_parts + 1]      cost range of partition p: [part_begin[p],
-//   part_begin[p+1]) part_first    int32 [num_parts]          first request whose cost range holds
-//   the partition start merges        MergeTask [num_parts]      the request partition p's combine
-//   CTAs merge, if any partial_lse   float [2 * num_parts, rows]     natural-log LSE of each
-//   partial partial_out float [2 * num_parts, rows, 512] normalised partial outputs
+// clang-format off
+//   header        WorkspaceHeader              error key, schedule totals
+//   prefix        int64 [batch + 1]            cost prefix over requests (in 64-token blocks)
+//   lens          int32 [batch]                seq_len, or -1 for a request with a bad seq_len
+//   part_begin    int64 [num_parts + 1]        p covers [part_begin[p], part_begin[p+1])
+//   part_first    int32 [num_parts]            the request holding the partition's start
+//   merges        MergeTask [num_parts]        what p's combine CTAs merge, if anything
+//   partial_lse   float [2 * num_parts, rows]  natural-log LSE of each partial
+//   partial_out   float [2 * num_parts, rows, 512]  normalised partial outputs
+// clang-format on
 //
 // Every section starts on a 256-byte boundary. Partition p owns partial slots 2p (its first
 // request) and 2p + 1 (its last request): only these two can be cut by its range.
