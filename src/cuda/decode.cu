@@ -65,9 +65,15 @@ struct DecodeLaunch {
 #if MLA_HAVE_SM90
   sm90::KernelChoice kernel90;  // when sm90
 #endif
-  int rows_per_cta = 0;
   WorkspaceLayout layout;
   bool pdl = false;  // programmatic dependent launch (sm_90+)
+
+  int rows_per_cta() const {
+#if MLA_HAVE_SM90
+    if (sm90) return sm90::KernelChoice::kRowsPerCta;
+#endif
+    return kernel.rows_per_cta();
+  }
 };
 
 // The Hopper kernel serves compute capability 9.0 (its sm_90a code runs there only) when a
@@ -82,7 +88,6 @@ bool choose_sm90(int major, int minor, int rows, size_t smem_limit, const char* 
   if (major != 9 || minor != 0 || (!named && rows <= 32)) return false;
   if (!sm90::choose_kernel(smem_limit, only, &launch->kernel90)) return false;
   launch->sm90 = true;
-  launch->rows_per_cta = sm90::KernelChoice::kRowsPerCta;
   return true;
 #else
   return false;
@@ -107,18 +112,16 @@ Status make_launch(int32_t batch, int32_t rows, int device, DecodeLaunch* launch
   }
   const char* only = std::getenv("MLA_CUDA_KERNEL");
   if (only != nullptr && *only == '\0') only = nullptr;
-  if (!choose_sm90(major, minor, rows, smem_limit, only, launch)) {
-    if (!sm80::choose_kernel(rows, smem_limit, only, &launch->kernel)) {
-      return Status(StatusCode::kUnsupported,
-                    "CUDA device " + std::to_string(device) + " offers " +
-                        std::to_string(smem_limit) +
-                        " bytes of shared memory per block, too few for any decode kernel" +
-                        (only ? std::string(" (MLA_CUDA_KERNEL=") + only + ")" : std::string()));
-    }
-    launch->rows_per_cta = launch->kernel.rows_per_cta();
+  if (!choose_sm90(major, minor, rows, smem_limit, only, launch) &&
+      !sm80::choose_kernel(rows, smem_limit, only, &launch->kernel)) {
+    return Status(StatusCode::kUnsupported,
+                  "CUDA device " + std::to_string(device) + " offers " +
+                      std::to_string(smem_limit) +
+                      " bytes of shared memory per block, too few for any decode kernel" +
+                      (only ? std::string(" (MLA_CUDA_KERNEL=") + only + ")" : std::string()));
   }
   // Every CTA of the grid (num_parts x row tiles) is resident at once: one per SM.
-  const int row_tiles = (rows + launch->rows_per_cta - 1) / launch->rows_per_cta;
+  const int row_tiles = (rows + launch->rows_per_cta() - 1) / launch->rows_per_cta();
   const int num_parts = std::max(1, sm_count / row_tiles);
   launch->layout = WorkspaceLayout::make(batch, rows, num_parts);
   return Status();

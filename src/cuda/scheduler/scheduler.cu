@@ -1,13 +1,11 @@
 // The split-KV schedule. Request b costs n_b = ceil(seq_len_b / 64) blocks plus a fixed
 // overhead; the requests' costs are laid end to end, and the total is cut into `num_parts`
 // ranges, one per CTA partition (the grid never depends on seq_lens, so a captured CUDA graph
-// replays with new lengths). The ranges are equal, or, when moving every cut up to the next
-// request end leaves no range more than 1/16 above the equal share, whole requests: then nothing
-// is split and the combine kernel has no work (uniform batches, spec section 6). Within request b
-// the overhead comes first, then block k at cost position prefix[b] + kRequestOverhead + k. A
-// partition decodes the blocks whose positions fall in its range: long requests are cut across
-// partitions, short ones are packed into one. An empty request (or one with a bad seq_len) is
-// written by the partition holding prefix[b].
+// replays with new lengths). The cuts, equal or on request boundaries, are partition.h's. Within
+// request b the overhead comes first, then block k at cost position prefix[b] + kRequestOverhead
+// + k. A partition decodes the blocks whose positions fall in its range: long requests may be
+// cut across partitions, short ones are packed into one. An empty request (or one with a bad
+// seq_len) is written by the partition holding prefix[b].
 #include <cub/block/block_reduce.cuh>
 #include <cub/block/block_scan.cuh>
 #include <cuda/functional>
