@@ -81,6 +81,7 @@ TEST_F(DecodeGpu, EveryKernelConfiguration) {
   }
   std::vector<std::string> names = {"m4n64s2w8", "m2n64s2w8", "m1n64s2w8"};
   if (is_sm90()) {  // the sm_90a kernel, also for the 16-row shapes it does not serve by default
+    names.push_back("sm90ss");
     names.push_back("sm90n64s2");
   }
   for (const std::string& name : names) {

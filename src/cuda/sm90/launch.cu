@@ -4,12 +4,16 @@
 // the 227 KB a block may use. Measured alternatives (docs/cuda_kernel_notes.md, v5): 4 stages of
 // 32 tokens were 15-20% slower on every spec row, and 2-4 independent S accumulator chains made
 // no difference.
+#include <cstring>
+
 #include "cuda/common/check.h"
 #include "cuda/common/elem.cuh"
 #include "cuda/common/launch.h"
 #include "cuda/sm90/config.h"
 #include "cuda/sm90/kernel.cuh"
 #include "cuda/sm90/launch.h"
+#include "cuda/sm90/seesaw.cuh"
+#include "cuda/sm90/tensor_map.h"
 
 namespace mla::cuda::sm90 {
 namespace {
@@ -23,7 +27,35 @@ constexpr KernelChoice choice_of() {
   return c;
 }
 
-constexpr KernelChoice kCandidates[] = {choice_of<Config<64, 2>>()};
+constexpr KernelChoice seesaw_choice() {
+  KernelChoice c;
+  c.seesaw = true;
+  c.block_n = SeesawConfig::kBlockN;
+  c.stages = SeesawConfig::kSlots;
+  c.smem_bytes = SeesawConfig::kSmemBytes;
+  return c;
+}
+
+constexpr KernelChoice kCandidates[] = {seesaw_choice(), choice_of<Config<64, 2>>()};
+
+Status launch_seesaw(const detail::DecodeProblem& p, const ScheduleView& schedule,
+                     cudaStream_t stream, bool pdl) {
+  KvSource src;
+  std::memset(&src, 0, sizeof src);
+  src.use_tma = kv_tensor_map(p, &src.map) ? 1 : 0;
+  const int rows = p.s_q * p.h_q;
+  const int row_tiles = (rows + SeesawConfig::kRows - 1) / SeesawConfig::kRows;
+  src.evict_first = row_tiles == 1 ? 1 : 0;
+  return dispatch_elem(p.dtype, [&](auto traits) {
+    auto* kernel = &seesaw_kernel<decltype(traits)>;
+    MLA_CUDA_RETURN_IF_ERROR(cudaFuncSetAttribute(
+        kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+        static_cast<int>(SeesawConfig::kSmemBytes)));
+    return launch_kernel("sm90::seesaw_kernel", kernel, dim3(schedule.num_parts, row_tiles),
+                         dim3(SeesawConfig::kThreads), SeesawConfig::kSmemBytes, stream, pdl, p,
+                         schedule, src);
+  });
+}
 
 template <typename Cfg>
 Status launch_config(const detail::DecodeProblem& p, const ScheduleView& schedule,
@@ -38,6 +70,7 @@ Status launch_config(const detail::DecodeProblem& p, const ScheduleView& schedul
 }  // namespace
 
 std::string KernelChoice::name() const {
+  if (seesaw) return "sm90ss";
   return "sm90n" + std::to_string(block_n) + "s" + std::to_string(stages);
 }
 
@@ -54,6 +87,7 @@ bool choose_kernel(size_t smem_limit, const char* only, KernelChoice* choice) {
 
 Status launch_decode(const KernelChoice& c, const detail::DecodeProblem& p,
                      const ScheduleView& schedule, cudaStream_t stream, bool pdl) {
+  if (c.seesaw) return launch_seesaw(p, schedule, stream, pdl);
   if (c.block_n == 64 && c.stages == 2)
     return launch_config<Config<64, 2>>(p, schedule, stream, pdl);
   return Status(StatusCode::kInternal, "sm90::launch_decode: no kernel compiled for this choice");

@@ -14,11 +14,12 @@
 namespace mla::cuda::sm90 {
 
 struct KernelChoice {
-  int block_n = 0;  // tokens per pipeline stage
+  bool seesaw = false;  // the warp-specialised seesaw kernel (seesaw.cuh), else the lock-step one
+  int block_n = 0;      // tokens per pipeline stage
   int stages = 0;
   size_t smem_bytes = 0;
   static constexpr int kRowsPerCta = 64;
-  std::string name() const;  // sm90n<block_n>s<stages>
+  std::string name() const;  // sm90ss, or sm90n<block_n>s<stages>
 };
 
 // The preferred configuration whose shared memory fits `smem_limit` bytes per block; with `only`

@@ -1,0 +1,687 @@
+// The second-generation Hopper decode kernel (sm_90a): a producer warp streams KV tiles into a
+// two-slot shared-memory ring that completes on mbarriers, and two consumer warpgroups work on
+// the tiles in a seesaw, so that one warpgroup's softmax overlaps the other's tensor-core work.
+// No CTA-wide barrier sits in the loop.
+//
+// One CTA: 64 packed query rows (row = s * h_q + h) of every request of its partition, 384
+// threads: warpgroups 0 and 1 consume, warp 8 (of warpgroup 2) produces.
+//
+// Producer (warp 8). Tile i of a work item (tokens tok_begin + 64 i ...) goes to slot i % 2.
+//   page_size >= 64 and a tensor map: one thread issues nine TMA boxes of 64 columns x 64
+//   tokens (one per 128-byte-swizzled slab) on the slot's "full" mbarrier;
+//   smaller pages: the warp's 32 lanes cp.async the 64 tokens (dead tokens and bad pages
+//   zero-filled, never read), then arrive on "full" once the next tile is issued (two tiles in
+//   flight), or before the producer would block on a slot the consumers have not freed.
+//   A slot is refilled after both warpgroups arrived on its "empty" mbarrier.
+//
+// Consumers: tiles A = 2j (slot 0) and B = 2j + 1 (slot 1) form pair j. Running max m and each
+// warpgroup's share of the row sum are in the log2 domain. Warpgroup 0 owns output columns
+// 0..255, warpgroup 1 columns 256..511 (64 x 256 fp32 each, 128 registers a thread).
+//   WG0: S_A = Q K_A^T; m_A = max(m, rowmax S_A), a_A = 2^(m - m_A), P_A = 2^(S_A - m_A);
+//        publish m_A, a_A and P_A (shared) [barrier P_A ready];
+//        O_L = O_L a_A + P_A V_A[:, 0:256] (P_A from registers);
+//        [wait P_B ready] O_L = O_L a_B + P_B V_B[:, 0:256] (P_B from shared).
+//   WG1: S_B = Q K_B^T (alongside S_A); [wait P_A ready] m_B = max(m_A, rowmax S_B),
+//        a_B = 2^(m_A - m_B), P_B = 2^(S_B - m_B); publish [barrier P_B ready];
+//        O_R = O_R a_A + P_A V_A[:, 256:512] (P_A from shared) [P_A buffer free];
+//        O_R = O_R a_B + P_B V_B[:, 256:512] (P_B from registers).
+// WG0 writes the next P_A only after WG1 has read this one (barrier P_A free). Slot 0 is released
+// after both P V_A, slot 1 after both P V_B, so the producer loads the next pair's A while B is
+// still being multiplied.
+//
+// Q: its 512 latent columns in shared memory (cp.async by the consumers, once per item), its 64
+// RoPE columns in registers (the A operand of the last four S k-steps): Q (64 KB), the ring
+// (144 KB) and the two P tiles (16 KB) fill the 227 KB a block may use.
+//
+// Masking: logits of tokens past a row's visible range are -inf; TMA tiles past seq_len (the
+// tail of the last page, which may hold NaN) have their V rows zeroed before use, because
+// 0 * NaN = NaN in P V.
+#pragma once
+
+#include <cuda.h>
+#include <cuda_runtime.h>
+#include <math_constants.h>
+
+#include <cstddef>
+#include <cstdint>
+#include <type_traits>
+
+#include "core/problem.h"
+#include "cuda/common/async_copy.cuh"
+#include "cuda/common/decode_io.cuh"
+#include "cuda/common/elem.cuh"
+#include "cuda/common/ptx.cuh"
+#include "cuda/common/softmax.cuh"
+#include "cuda/common/wgmma.cuh"
+#include "cuda/workspace.h"
+
+namespace mla::cuda::sm90 {
+
+// Compile-time shape of the seesaw kernel. The latent (512) and RoPE (64) widths come from
+// mla.h; a KV element type other than 16-bit would change kKvSlabBytes and the load paths.
+struct SeesawConfig {
+  static constexpr int kRows = 64;    // query rows per CTA: the M of one wgmma
+  static constexpr int kBlockN = 64;  // tokens per tile (one ring slot)
+  static constexpr int kSlots = 2;
+  static constexpr int kLatentSlabs = kHeadDimV / 64;  // 8 slabs of 64 columns
+  static constexpr int kRopeSteps = kHeadDimRope / 16;  // 4 k-steps of S from registers
+  static constexpr int kSlabs = kHeadDimQK / 64;        // 9 slabs of a KV token row
+  static constexpr int kConsumerThreads = 256;
+  // + a producer warpgroup, of which one warp works: register reallocation (setmaxnreg) moves
+  // registers between whole warpgroups. Consumers need about 220 (O alone is 128).
+  static constexpr int kThreads = kConsumerThreads + 128;
+  static constexpr int kProducerWarp = kConsumerThreads / 32;
+  static constexpr int kProducerRegs = 40, kConsumerRegs = 232;
+  static_assert(kProducerRegs * 128 + kConsumerRegs * kConsumerThreads <= 65536, "register file");
+  static constexpr int kOCols = kHeadDimV / 2;  // output columns per warpgroup
+  static constexpr uint32_t kSlabBytes = kBlockN * 128;
+  static constexpr uint32_t kTileBytes = kSlabs * kSlabBytes;
+  static_assert(kRows == kBlockN, "Q and KV slabs share one descriptor stride");
+  static_assert(kHeadDimRope % 16 == 0 && kHeadDimV % 128 == 0, "widths in whole k-steps");
+
+  // Named barriers (0 is __syncthreads): all 256 consumers, the P_A / P_B hand-overs, and one
+  // per warpgroup for zeroing dead V rows.
+  static constexpr uint32_t kBarConsumers = 1, kBarPaReady = 2, kBarPbReady = 3, kBarPaFree = 4,
+                            kBarWarpGroup0 = 5;
+
+  struct Smem {
+    alignas(1024) uint8_t q[kLatentSlabs][kSlabBytes];  // Q latent columns, swizzled
+    alignas(1024) uint8_t kv[kSlots][kSlabs][kSlabBytes];
+    alignas(1024) uint8_t p[2][kRows * 128];  // P_A, P_B: one swizzled slab each
+    float row_max[2][kRows];                  // m_A, m_B
+    float row_scale[2][kRows];                // a_A, a_B
+    float row_sum[2][kRows];                  // each warpgroup's row sums, for the epilogue
+    uint64_t full[kSlots];
+    uint64_t empty[kSlots];
+    int32_t slot_bad[kSlots];  // the tile in the slot touched a page id outside the cache
+  };
+  // + 1024: the dynamic shared memory base is aligned up to the swizzle atom at run time.
+  static constexpr size_t kSmemBytes = sizeof(Smem) + 1024;
+};
+
+// Register reallocation between warpgroups (sm_90a): every thread of a warpgroup executes it.
+// https://docs.nvidia.com/cuda/parallel-thread-execution/#miscellaneous-instructions-setmaxnreg
+template <int kRegs>
+__device__ __forceinline__ void setmaxnreg_dec() {
+  asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(kRegs));
+}
+template <int kRegs>
+__device__ __forceinline__ void setmaxnreg_inc() {
+  asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(kRegs));
+}
+
+// Shared address of 16-byte chunk `chunk` of row `row` in swizzled slabs of `slab_bytes`.
+__device__ __forceinline__ uint32_t swizzled(uint32_t base, uint32_t slab_bytes, int row,
+                                             int chunk) {
+  return base + (chunk >> 3) * slab_bytes + row * 128 + (((chunk & 7) ^ (row & 7)) << 4);
+}
+
+// Where the KV tiles come from: a tensor map of the cache (page_size >= 64) or plain addresses.
+struct KvSource {
+  CUtensorMap map;  // 3-D (576 columns, page_size tokens, num_pages), 64 x 64 boxes, 128B swizzle
+  int32_t use_tma;
+  int32_t evict_first;  // the cache is read by one row tile only: stream it through L2
+};
+
+template <typename Traits>
+struct SeesawCta {
+  using Cfg = SeesawConfig;
+  using Elem = typename Traits::T;
+  using Smem = Cfg::Smem;
+  static constexpr int kORegs = Cfg::kOCols / 2;
+
+  const detail::DecodeProblem& p;
+  const ScheduleView& s;
+  const KvSource& src;
+  Smem& sm;
+  uint32_t base;  // shared address of sm
+  int row0;
+  // Bit i: phase parity of slot i's "full" barrier (consumers) or "empty" barrier (producer); a
+  // bit mask rather than an array, which a run-time slot index would put in local memory.
+  uint32_t phases = 0;
+  int pairs_done = 0;  // WG0: pairs whose P_A buffer WG1 will free
+
+  template <typename T>
+  __device__ uint32_t addr(const T& member) const {
+    return base + static_cast<uint32_t>(reinterpret_cast<const uint8_t*>(&member) -
+                                        reinterpret_cast<const uint8_t*>(&sm));
+  }
+
+  // ------------------------------------------------------------------------------------------
+  // Producer
+  // ------------------------------------------------------------------------------------------
+
+  // Loads every tile of item (b, tokens [tok_begin, tok_end)) into the ring.
+  __device__ void produce_item(int32_t b, int64_t tok_begin, int64_t tok_end, int lane,
+                               int& pending_slot) {
+    const int num_tiles = static_cast<int>((tok_end - tok_begin + Cfg::kBlockN - 1) / Cfg::kBlockN);
+    const int32_t* pages = p.block_table + b * p.block_table_stride;
+    const Elem* kv = static_cast<const Elem*>(p.kv);
+    const uint64_t policy =
+        src.evict_first ? async_copy::policy_evict_first() : async_copy::policy_evict_normal();
+    for (int t = 0; t < num_tiles; ++t) {
+      const int slot = t & 1;
+      const int64_t tok = tok_begin + static_cast<int64_t>(t) * Cfg::kBlockN;
+      if (src.use_tma) {
+        // One page holds the whole tile (page_size >= 64, tiles 64-aligned).
+        const int32_t page = __ldg(pages + (tok >> p.page_shift));
+        async_copy::mbarrier_wait(addr(sm.empty[slot]), ((phases >> slot) & 1) ^ 1);
+        phases ^= 1u << slot;
+        if (lane == 0) {
+          const bool bad = page < 0 || page >= p.num_pages;
+          sm.slot_bad[slot] = bad;
+          if (bad) {
+            atomicMin(&s.header->error_key,
+                      error_key(b, DataError::kBadPage, static_cast<int32_t>(tok >> p.page_shift)));
+            async_copy::mbarrier_arrive(addr(sm.full[slot]));
+          } else {
+            async_copy::mbarrier_arrive_expect_tx(addr(sm.full[slot]), Cfg::kTileBytes);
+            const int32_t row_in_page = static_cast<int32_t>(tok & (p.page_size - 1));
+#pragma unroll
+            for (int slab = 0; slab < Cfg::kSlabs; ++slab) {
+              async_copy::tma_load_3d(addr(sm.kv[slot][slab]), &src.map, slab * 64, row_in_page,
+                                      page, addr(sm.full[slot]), policy);
+            }
+          }
+        }
+        __syncwarp();
+      } else {
+        // Lane l loads the page ids of tile tokens l and l + 32; dead tokens read entry 0.
+        int32_t page_id[2];
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+          const int64_t j = tok + lane + 32 * h;
+          page_id[h] = __ldg(pages + (j < tok_end ? (j >> p.page_shift) : 0));
+        }
+        // The consumers may need the pending tile before they free this slot: publish it before
+        // blocking, else two tiles stay in flight.
+        const uint32_t parity = ((phases >> slot) & 1) ^ 1;
+        if (pending_slot >= 0 && !async_copy::mbarrier_test(addr(sm.empty[slot]), parity)) {
+          publish_cp_async<0>(pending_slot, lane);
+          pending_slot = -1;
+        }
+        async_copy::mbarrier_wait(addr(sm.empty[slot]), parity);
+        phases ^= 1u << slot;
+        bool bad = false;
+        const uint32_t tile = addr(sm.kv[slot][0][0]);
+#pragma unroll 4
+        for (int r = 0; r < Cfg::kBlockN; ++r) {
+          const int32_t page = __shfl_sync(0xffffffffu, page_id[r / 32], r % 32);
+          const int64_t j = tok + r;
+          const bool live = j < tok_end;
+          const bool in_cache = page >= 0 && page < p.num_pages;
+          bad |= live && !in_cache;
+          const bool valid = live && in_cache;
+          const Elem* row =
+              valid ? kv + page * p.kv_stride_page + (j & (p.page_size - 1)) * p.kv_stride_row : kv;
+          ptx::cp_async_16(swizzled(tile, Cfg::kSlabBytes, r, lane), row + lane * 8, valid);
+          ptx::cp_async_16(swizzled(tile, Cfg::kSlabBytes, r, lane + 32), row + (lane + 32) * 8,
+                           valid);
+          if (lane < 8) {
+            ptx::cp_async_16(swizzled(tile, Cfg::kSlabBytes, r, lane + 64), row + (lane + 64) * 8,
+                             valid);
+          }
+        }
+        ptx::cp_async_commit();
+        if (lane == 0) {
+          sm.slot_bad[slot] = bad;
+          if (bad) {
+            // The lowest bad block-table position of this tile.
+            for (int r = 0; r < Cfg::kBlockN; ++r) {
+              const int64_t j = tok + r;
+              const int32_t page = __ldg(pages + (j < tok_end ? (j >> p.page_shift) : 0));
+              if (j < tok_end && (page < 0 || page >= p.num_pages)) {
+                atomicMin(&s.header->error_key,
+                          error_key(b, DataError::kBadPage, static_cast<int32_t>(j >> p.page_shift)));
+                break;
+              }
+            }
+          }
+        }
+        // The previous tile's copies have landed: publish them.
+        if (pending_slot >= 0) publish_cp_async<1>(pending_slot, lane);
+        pending_slot = slot;
+      }
+    }
+  }
+
+  // Waits for all but kPending of this lane's cp.async groups, makes them visible to the async
+  // proxy (wgmma) and arrives on the slot's "full" barrier for the warp.
+  template <int kPending>
+  __device__ void publish_cp_async(int slot, int lane) {
+    ptx::cp_async_wait<kPending>();
+    wgmma::fence_proxy_async();
+    __syncwarp();
+    if (lane == 0) async_copy::mbarrier_arrive(addr(sm.full[slot]));
+  }
+
+  // ------------------------------------------------------------------------------------------
+  // Consumers
+  // ------------------------------------------------------------------------------------------
+
+  // S = Q K^T over 576 columns for the tile in `slot`: 32 k-steps with Q from shared memory, 4
+  // with Q's RoPE part from registers. Issued and committed, not waited for.
+  __device__ void issue_s(float (&sc)[32], int slot, const uint32_t (&q_rope)[Cfg::kRopeSteps][4]) {
+    const uint64_t dq0 = wgmma::desc_sw128(addr(sm.q[0][0]), 16, 1024);
+    const uint64_t dk0 = wgmma::desc_sw128(addr(sm.kv[slot][0][0]), 16, 1024);
+    wgmma::fence();
+#pragma unroll
+    for (int ks = 0; ks < kHeadDimV / 16; ++ks) {
+      const uint32_t off = (ks / 4) * Cfg::kSlabBytes + (ks % 4) * 32;
+      wgmma::wgmma_m64n64k16_ss<Traits::kIsBf16>(sc, wgmma::desc_add(dq0, off),
+                                                 wgmma::desc_add(dk0, off), ks > 0);
+    }
+#pragma unroll
+    for (int kr = 0; kr < Cfg::kRopeSteps; ++kr) {
+      wgmma::wgmma_m64n64k16_rs<Traits::kIsBf16>(
+          sc, q_rope[kr],
+          wgmma::desc_add(dk0, Cfg::kLatentSlabs * Cfg::kSlabBytes + kr * 32));
+    }
+    wgmma::commit_group();
+  }
+
+  // O += P V for this warpgroup's 256 columns of the tile in `slot`, P from registers.
+  __device__ void issue_pv_rs(float (&o)[kORegs], int slot, int wg, const uint32_t (&pa)[16]) {
+    const uint64_t dv0 = wgmma::desc_sw128(addr(sm.kv[slot][4 * wg][0]), Cfg::kSlabBytes, 1024);
+    wgmma::fence();
+#pragma unroll
+    for (int kk = 0; kk < Cfg::kBlockN / 16; ++kk) {
+      const uint32_t a[4] = {pa[4 * kk], pa[4 * kk + 1], pa[4 * kk + 2], pa[4 * kk + 3]};
+      wgmma::wgmma_m64n256k16_rs_tb<Traits::kIsBf16>(o, a, wgmma::desc_add(dv0, kk * 16 * 128));
+    }
+    wgmma::commit_group();
+  }
+
+  // O += P V, P from the shared tile `which` (0: P_A, 1: P_B).
+  __device__ void issue_pv_ss(float (&o)[kORegs], int slot, int wg, int which) {
+    const uint64_t dp0 = wgmma::desc_sw128(addr(sm.p[which][0]), 16, 1024);
+    const uint64_t dv0 = wgmma::desc_sw128(addr(sm.kv[slot][4 * wg][0]), Cfg::kSlabBytes, 1024);
+    wgmma::fence();
+#pragma unroll
+    for (int kk = 0; kk < Cfg::kBlockN / 16; ++kk) {
+      wgmma::wgmma_m64n256k16_ss_tb<Traits::kIsBf16>(o, wgmma::desc_add(dp0, kk * 32),
+                                                     wgmma::desc_add(dv0, kk * 16 * 128));
+    }
+    wgmma::commit_group();
+  }
+
+  // Zeroes the V rows of tokens [first_dead, 64) of the slot's TMA tile (page tail past
+  // seq_len), then makes the zeros visible to wgmma for the whole warpgroup.
+  __device__ void zero_dead_rows(int slot, int first_dead, int wg_thread, int wg) {
+    const int chunks = (Cfg::kBlockN - first_dead) * Cfg::kLatentSlabs * 8;
+    for (int i = wg_thread; i < chunks; i += 128) {
+      const int row = first_dead + i / (Cfg::kLatentSlabs * 8);
+      const int chunk = i % (Cfg::kLatentSlabs * 8);
+      const uint32_t a = swizzled(addr(sm.kv[slot][0][0]), Cfg::kSlabBytes, row, chunk);
+      asm volatile("st.shared.v4.u32 [%0], {%1, %1, %1, %1};\n" ::"r"(a), "r"(0u) : "memory");
+    }
+    wgmma::fence_proxy_async();
+    async_copy::named_sync(Cfg::kBarWarpGroup0 + wg, 128);
+  }
+
+  // Waits for the tile in `slot`; returns its bad-page flag. With TMA, dead V rows are zeroed.
+  __device__ bool acquire_tile(int slot, int64_t tile_tok, int32_t len, int wg_thread, int wg) {
+    async_copy::mbarrier_wait(addr(sm.full[slot]), (phases >> slot) & 1);
+    phases ^= 1u << slot;
+    const bool bad = sm.slot_bad[slot] != 0;
+    if (src.use_tma && tile_tok + Cfg::kBlockN > len) {
+      zero_dead_rows(slot, static_cast<int>(len - tile_tok), wg_thread, wg);
+    }
+    return bad;
+  }
+
+  __device__ void release_tile(int slot) { async_copy::mbarrier_arrive(addr(sm.empty[slot])); }
+
+  // Scales S to the log2 domain and masks tokens at or past lim[i] (rows g and g + 8); returns
+  // the two row maxima of this thread's quad.
+  template <bool kMasked>
+  __device__ void scale_mask_max(float (&sc)[32], const int (&lim)[2], int c, float scale_log2,
+                                 float (&tile_max)[2]) {
+#pragma unroll
+    for (int i = 0; i < 2; ++i) {
+      float mx = -CUDART_INF_F;
+#pragma unroll
+      for (int nt = 0; nt < Cfg::kBlockN / 8; ++nt) {
+#pragma unroll
+        for (int j = 0; j < 2; ++j) {
+          float& v = sc[4 * nt + 2 * i + j];
+          if constexpr (kMasked) {
+            v = nt * 8 + 2 * c + j < lim[i] ? v * scale_log2 : -CUDART_INF_F;
+          } else {
+            v *= scale_log2;
+          }
+          mx = fmaxf(mx, v);
+        }
+      }
+      tile_max[i] = softmax::quad_max(mx);
+    }
+  }
+
+  // P = 2^(S - base) packed to the A-operand fragments of P V (16 registers), its row sums
+  // added to l; also stored to the shared P tile `which` when `to_smem`.
+  __device__ void exp_pack(const float (&sc)[32], const float (&base_)[2], float (&l)[2],
+                           uint32_t (&pa)[16], int which, int band, int g, int c) {
+#pragma unroll
+    for (int nt = 0; nt < Cfg::kBlockN / 8; ++nt) {
+#pragma unroll
+      for (int i = 0; i < 2; ++i) {
+        const float p0 = softmax::exp2(sc[4 * nt + 2 * i] - base_[i]);
+        const float p1 = softmax::exp2(sc[4 * nt + 2 * i + 1] - base_[i]);
+        l[i] += p0 + p1;
+        pa[2 * nt + i] = Traits::pack(p0, p1);
+        const int rr = band + g + 8 * i;
+        const int tok = nt * 8 + 2 * c;
+        ptx::st_shared_u32(addr(sm.p[which][0]) + rr * 128 + (((tok >> 3) ^ (rr & 7)) << 4) +
+                               (tok & 7) * 2,
+                           pa[2 * nt + i]);
+      }
+    }
+  }
+
+  __device__ static void rescale(float (&o)[kORegs], const float (&a)[2]) {
+    if (__any_sync(0xffffffffu, a[0] != 1.0f || a[1] != 1.0f)) {
+#pragma unroll
+      for (int nt = 0; nt < kORegs / 4; ++nt) {
+        o[4 * nt] *= a[0];
+        o[4 * nt + 1] *= a[0];
+        o[4 * nt + 2] *= a[1];
+        o[4 * nt + 3] *= a[1];
+      }
+    }
+  }
+
+  // Decodes tokens [tok_begin, tok_end) of request b (tok_begin a multiple of 64) for this CTA's
+  // rows and stores them to `sink`. Consumer threads only.
+  __device__ void consume_item(int32_t b, int32_t len, int64_t tok_begin, int64_t tok_end,
+                               const decode_io::RowSink& sink) {
+    const int tid = threadIdx.x;
+    const int wg = tid / 128, wg_thread = tid % 128;
+    const int warp = tid / 32, lane = tid % 32;
+    const int g = lane / 4, c = lane % 4;
+    const int band = 16 * (warp % 4);
+    const int rows = p.s_q * p.h_q;
+    const int num_tiles = static_cast<int>((tok_end - tok_begin + Cfg::kBlockN - 1) / Cfg::kBlockN);
+    const float scale_log2 = p.scale * softmax::kLog2e;
+
+    // Q: latent columns to shared memory (cp.async), RoPE columns to registers.
+    {
+      const Elem* q_nope = static_cast<const Elem*>(p.q_nope);
+      for (int i = tid; i < Cfg::kRows * Cfg::kLatentSlabs * 8; i += Cfg::kConsumerThreads) {
+        const int rr = i / (Cfg::kLatentSlabs * 8), chunk = i % (Cfg::kLatentSlabs * 8);
+        const int r = row0 + rr;
+        const bool valid = r < rows;
+        const int sq = valid ? r / p.h_q : 0, h = valid ? r - sq * p.h_q : 0;
+        const Elem* src_row =
+            q_nope + b * p.q_nope_stride_b + sq * p.q_nope_stride_s + h * p.q_nope_stride_h;
+        ptx::cp_async_16(swizzled(addr(sm.q[0][0]), Cfg::kSlabBytes, rr, chunk),
+                         src_row + chunk * 8, valid);
+      }
+      ptx::cp_async_commit();
+    }
+    uint32_t q_rope[Cfg::kRopeSteps][4];
+    {
+      const Elem* q_pe = static_cast<const Elem*>(p.q_pe);
+#pragma unroll
+      for (int i = 0; i < 2; ++i) {
+        const int r = row0 + band + g + 8 * i;
+        const bool valid = r < rows;
+        const int sq = valid ? r / p.h_q : 0, h = valid ? r - sq * p.h_q : 0;
+        const uint32_t* pe = reinterpret_cast<const uint32_t*>(
+            q_pe + b * p.q_pe_stride_b + sq * p.q_pe_stride_s + h * p.q_pe_stride_h);
+#pragma unroll
+        for (int kr = 0; kr < Cfg::kRopeSteps; ++kr) {
+          q_rope[kr][i] = valid ? __ldg(pe + kr * 8 + c) : 0u;
+          q_rope[kr][2 + i] = valid ? __ldg(pe + kr * 8 + 4 + c) : 0u;
+        }
+      }
+    }
+    ptx::cp_async_wait<0>();
+    wgmma::fence_proxy_async();
+    async_copy::named_sync(Cfg::kBarConsumers, Cfg::kConsumerThreads);
+
+    int32_t vis[2];  // keys visible to rows band + g and band + g + 8
+#pragma unroll
+    for (int i = 0; i < 2; ++i) vis[i] = decode_io::visible(p, row0 + band + g + 8 * i, len);
+
+    float m[2] = {-CUDART_INF_F, -CUDART_INF_F};
+    float l[2] = {0.0f, 0.0f};
+    float o[kORegs];
+#pragma unroll
+    for (int i = 0; i < kORegs; ++i) o[i] = 0.0f;
+    bool bad = false;
+    bool release_b = false;  // slot 1 is still read by an uncompleted P V_B of this warpgroup
+
+    for (int t = 0; t < num_tiles; t += 2) {
+      const bool has_b = t + 1 < num_tiles;
+      const int own = wg;  // the slot whose S this warpgroup computes
+      const int64_t own_tok = tok_begin + static_cast<int64_t>(t + wg) * Cfg::kBlockN;
+      const bool has_own = wg == 0 || has_b;
+      float sc[32];
+      if (wg == 1 && release_b) {
+        // Slot 1 is refilled with this pair's B only after this warpgroup's P V_B of the last
+        // pair has read it.
+        wgmma::wait_group<0>();
+        wgmma::fence_operands(o);
+        release_tile(1);
+        release_b = false;
+      }
+      if (has_own) {
+        bad |= acquire_tile(own, own_tok, len, wg_thread, wg);
+        issue_s(sc, own, q_rope);
+      }
+      if (wg == 0 && release_b) {
+        wgmma::wait_group<1>();  // the last pair's P V_B, not this S_A
+        wgmma::fence_operands(o);
+        release_tile(1);
+        release_b = false;
+      }
+      int lim[2];
+#pragma unroll
+      for (int i = 0; i < 2; ++i) {
+        lim[i] = static_cast<int>(max(int64_t{0}, min(int64_t{Cfg::kBlockN}, vis[i] - own_tok)));
+      }
+      uint32_t pa[16];
+      if (wg == 0) {
+        // ---- WG0: S_A, softmax, publish P_A ----
+        wgmma::wait_group<0>();  // S_A
+        wgmma::fence_operands(sc);
+        float tile_max[2];
+        if (__all_sync(0xffffffffu, min(lim[0], lim[1]) >= Cfg::kBlockN)) {
+          scale_mask_max<false>(sc, lim, c, scale_log2, tile_max);
+        } else {
+          scale_mask_max<true>(sc, lim, c, scale_log2, tile_max);
+        }
+        float base_[2], alpha[2];
+#pragma unroll
+        for (int i = 0; i < 2; ++i) {
+          const float m_new = fmaxf(m[i], tile_max[i]);
+          base_[i] = softmax::exp_base(m_new);
+          alpha[i] = softmax::exp2(m[i] - base_[i]);
+          m[i] = m_new;
+          l[i] *= alpha[i];
+        }
+        // WG1 has finished reading the previous P_A, m_A and a_A.
+        if (pairs_done > 0) async_copy::named_sync(Cfg::kBarPaFree, Cfg::kConsumerThreads);
+        exp_pack(sc, base_, l, pa, 0, band, g, c);
+        if (c == 0) {
+#pragma unroll
+          for (int i = 0; i < 2; ++i) {
+            sm.row_max[0][band + g + 8 * i] = m[i];
+            sm.row_scale[0][band + g + 8 * i] = alpha[i];
+          }
+        }
+        wgmma::fence_proxy_async();
+        async_copy::named_arrive(Cfg::kBarPaReady, Cfg::kConsumerThreads);
+        ++pairs_done;
+        rescale(o, alpha);
+        issue_pv_rs(o, 0, 0, pa);
+        if (has_b) {
+          async_copy::named_sync(Cfg::kBarPbReady, Cfg::kConsumerThreads);
+          float alpha_b[2];
+#pragma unroll
+          for (int i = 0; i < 2; ++i) {
+            alpha_b[i] = sm.row_scale[1][band + g + 8 * i];
+            m[i] = sm.row_max[1][band + g + 8 * i];
+            l[i] *= alpha_b[i];
+          }
+          wgmma::wait_group<0>();
+          wgmma::fence_operands(o);
+          release_tile(0);
+          rescale(o, alpha_b);
+          issue_pv_ss(o, 1, 0, 1);
+          release_b = true;
+        } else {
+          wgmma::wait_group<0>();
+          wgmma::fence_operands(o);
+          release_tile(0);
+          release_b = false;
+        }
+      } else {
+        // ---- WG1: S_B alongside S_A; softmax after m_A is known ----
+        async_copy::named_sync(Cfg::kBarPaReady, Cfg::kConsumerThreads);
+        float alpha_a[2], m_a[2];
+#pragma unroll
+        for (int i = 0; i < 2; ++i) {
+          alpha_a[i] = sm.row_scale[0][band + g + 8 * i];
+          m_a[i] = sm.row_max[0][band + g + 8 * i];
+        }
+        wgmma::wait_group<0>();  // S_B
+        wgmma::fence_operands(sc);
+        float alpha_b[2] = {1.0f, 1.0f};
+        if (has_b) {
+          float tile_max[2];
+          if (__all_sync(0xffffffffu, min(lim[0], lim[1]) >= Cfg::kBlockN)) {
+            scale_mask_max<false>(sc, lim, c, scale_log2, tile_max);
+          } else {
+            scale_mask_max<true>(sc, lim, c, scale_log2, tile_max);
+          }
+          float base_[2];
+          float l_b[2] = {0.0f, 0.0f};
+#pragma unroll
+          for (int i = 0; i < 2; ++i) {
+            const float m_new = fmaxf(m_a[i], tile_max[i]);
+            base_[i] = softmax::exp_base(m_new);
+            alpha_b[i] = softmax::exp2(m_a[i] - base_[i]);
+            m[i] = m_new;
+          }
+          exp_pack(sc, base_, l_b, pa, 1, band, g, c);
+          if (c == 0) {
+#pragma unroll
+            for (int i = 0; i < 2; ++i) {
+              sm.row_max[1][band + g + 8 * i] = m[i];
+              sm.row_scale[1][band + g + 8 * i] = alpha_b[i];
+            }
+          }
+          wgmma::fence_proxy_async();
+          async_copy::named_arrive(Cfg::kBarPbReady, Cfg::kConsumerThreads);
+#pragma unroll
+          for (int i = 0; i < 2; ++i) l[i] = l[i] * alpha_a[i] * alpha_b[i] + l_b[i];
+        } else {
+#pragma unroll
+          for (int i = 0; i < 2; ++i) {
+            m[i] = m_a[i];
+            l[i] *= alpha_a[i];
+          }
+        }
+        rescale(o, alpha_a);
+        issue_pv_ss(o, 0, 1, 0);
+        wgmma::wait_group<0>();
+        wgmma::fence_operands(o);
+        release_tile(0);
+        async_copy::named_arrive(Cfg::kBarPaFree, Cfg::kConsumerThreads);
+        if (has_b) {
+          rescale(o, alpha_b);
+          issue_pv_rs(o, 1, 1, pa);
+          release_b = true;
+        } else {
+          release_b = false;
+        }
+      }
+    }
+    wgmma::wait_group<0>();
+    wgmma::fence_operands(o);
+    if (release_b) release_tile(1);
+
+    // ---- epilogue: row sums of both warpgroups; each stores its 256 columns ----
+#pragma unroll
+    for (int i = 0; i < 2; ++i) {
+      const float sum = softmax::quad_sum(l[i]);
+      if (c == 0) sm.row_sum[wg][band + g + 8 * i] = sum;
+    }
+    bad = async_copy::named_sync_or(Cfg::kBarConsumers, Cfg::kConsumerThreads, bad);
+#pragma unroll
+    for (int i = 0; i < 2; ++i) {
+      const int rr = band + g + 8 * i;
+      const float sum = sm.row_sum[0][rr] + sm.row_sum[1][rr];
+      const float inv = sum > 0.0f ? 1.0f / sum : 0.0f;
+      const int r = row0 + rr;
+      if (r >= rows) continue;
+      decode_io::store_row<Cfg::kOCols / 8, Traits>(
+          p, s, sink, r, wg * Cfg::kOCols + 2 * c, bad, inv,
+          [&](int nt, int j) { return o[4 * nt + 2 * i + j]; });
+      if (wg == 0 && c == 0) {
+        decode_io::store_lse(p, s, sink, r, bad ? CUDART_NAN_F : softmax::natural_lse(m[i], sum));
+      }
+    }
+    // The next item's Q load ends with a consumer barrier before anything rewrites Q or the row
+    // sums: no barrier needed here.
+  }
+};
+
+template <typename Traits>
+__global__ void __launch_bounds__(SeesawConfig::kThreads, 1)
+    seesaw_kernel(const __grid_constant__ detail::DecodeProblem p,
+                  const __grid_constant__ ScheduleView s, const __grid_constant__ KvSource src) {
+#if MLA_HAS_WGMMA
+  using Cfg = SeesawConfig;
+  extern __shared__ __align__(1024) uint8_t smem_raw[];
+  const uint32_t raw = ptx::smem_addr(smem_raw);
+  const uint32_t pad = ((raw + 1023u) & ~1023u) - raw;
+  auto& sm = *reinterpret_cast<Cfg::Smem*>(smem_raw + pad);
+  SeesawCta<Traits> cta{p, s, src, sm, raw + pad, static_cast<int>(blockIdx.y) * Cfg::kRows};
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  if (threadIdx.x == 0) {
+#pragma unroll
+    for (int i = 0; i < Cfg::kSlots; ++i) {
+      async_copy::mbarrier_init(cta.addr(sm.full[i]), 1);
+      async_copy::mbarrier_init(cta.addr(sm.empty[i]), Cfg::kConsumerThreads);
+    }
+    async_copy::mbarrier_init_fence();
+  }
+  if (warp == Cfg::kProducerWarp && src.use_tma && lane == 0) {
+    async_copy::prefetch_tensor_map(&src.map);
+  }
+  __syncthreads();
+  // Launched as a programmatic dependent of the scheduler: nothing of the schedule or the inputs
+  // is read before the previous grid has completed.
+  ptx::grid_dependency_wait();
+  ptx::launch_dependents();
+
+  if (warp >= Cfg::kProducerWarp) {
+    setmaxnreg_dec<Cfg::kProducerRegs>();
+    if (warp != Cfg::kProducerWarp) return;
+    int pending_slot = -1;
+    decode_io::for_each_item(
+        p, s, blockIdx.x, [](int32_t, bool) {},
+        [&](int32_t b, int32_t, int64_t tok_begin, int64_t tok_end, const decode_io::RowSink&) {
+          cta.produce_item(b, tok_begin, tok_end, lane, pending_slot);
+        });
+    if (pending_slot >= 0) cta.template publish_cp_async<0>(pending_slot, lane);
+    return;
+  }
+  setmaxnreg_inc<Cfg::kConsumerRegs>();
+  decode_io::for_each_item(
+      p, s, blockIdx.x,
+      [&](int32_t b, bool bad) {
+        decode_io::write_empty<Cfg::kRows, Cfg::kConsumerThreads, Traits>(p, b, cta.row0, bad);
+      },
+      [&](int32_t b, int32_t len, int64_t tok_begin, int64_t tok_end,
+          const decode_io::RowSink& sink) { cta.consume_item(b, len, tok_begin, tok_end, sink); });
+  // Balances WG1's last "P_A free" arrival.
+  if (threadIdx.x < 128 && cta.pairs_done > 0) {
+    async_copy::named_sync(Cfg::kBarPaFree, Cfg::kConsumerThreads);
+  }
+#endif
+}
+
+}  // namespace mla::cuda::sm90
