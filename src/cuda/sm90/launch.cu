@@ -1,62 +1,19 @@
-// Configurations of the Hopper kernel and their launches (compiled for sm_90a only).
-//
-// One configuration: 64-token stages, 2 deep. Q (72 KB), two stages (144 KB) and the P tile fill
-// the 227 KB a block may use. Measured alternatives (docs/cuda_kernel_notes.md, v5): 4 stages of
-// 32 tokens were 15-20% slower on every spec row, and 2-4 independent S accumulator chains made
-// no difference.
-#include "cuda/common/check.h"
-#include "cuda/common/elem.cuh"
+// Instance of the Hopper kernel (compiled for sm_90a only, registry.cu): 64-token stages, 2
+// deep. Q (72 KB), two stages (144 KB) and the P tile fill the 227 KB a block may use. Measured
+// alternatives (docs/cuda_kernel_notes.md, v5): 4 stages of 32 tokens were 15-20% slower on
+// every spec row, and 2-4 independent S accumulator chains made no difference.
 #include "cuda/common/launch.h"
 #include "cuda/sm90/config.h"
 #include "cuda/sm90/kernel.cuh"
-#include "cuda/sm90/launch.h"
 
 namespace mla::cuda::sm90 {
-namespace {
 
-template <typename Cfg>
-constexpr KernelChoice choice_of() {
-  KernelChoice c;
-  c.block_n = Cfg::kBlockN;
-  c.stages = Cfg::kStages;
-  c.smem_bytes = Cfg::kSmemBytes;
-  return c;
-}
-
-constexpr KernelChoice kCandidates[] = {choice_of<Config<64, 2>>()};
-
-template <typename Cfg>
-Status launch_config(const detail::DecodeProblem& p, const ScheduleView& schedule,
-                     cudaStream_t stream, bool pdl) {
-  return dispatch_elem(p.dtype, [&](auto traits) {
-    return launch_decode_kernel("sm90::decode_kernel", &decode_kernel<Cfg, decltype(traits)>,
-                                Cfg::kRows, Cfg::kThreads, Cfg::kSmemBytes, p, schedule, stream,
-                                pdl);
-  });
-}
-
-}  // namespace
-
-std::string KernelChoice::name() const {
-  return "sm90n" + std::to_string(block_n) + "s" + std::to_string(stages);
-}
-
-bool choose_kernel(size_t smem_limit, const char* only, KernelChoice* choice) {
-  for (const KernelChoice& c : kCandidates) {
-    if (only != nullptr && c.name() != only) continue;
-    if (c.smem_bytes <= smem_limit) {
-      *choice = c;
-      return true;
-    }
-  }
-  return false;
-}
-
-Status launch_decode(const KernelChoice& c, const detail::DecodeProblem& p,
-                     const ScheduleView& schedule, cudaStream_t stream, bool pdl) {
-  if (c.block_n == 64 && c.stages == 2)
-    return launch_config<Config<64, 2>>(p, schedule, stream, pdl);
-  return Status(StatusCode::kInternal, "sm90::launch_decode: no kernel compiled for this choice");
+// The kernel of configuration Cfg, for launch_decode (common/launch.h).
+template <int kBlockN, int kStages, typename Traits>
+constexpr DecodeKernel kernel_of(Config<kBlockN, kStages>, Traits) {
+  return &decode_kernel<Config<kBlockN, kStages>, Traits>;
 }
 
 }  // namespace mla::cuda::sm90
+
+MLA_INSTANTIATE_DECODE(mla::cuda::sm90::Config<64, 2>)
