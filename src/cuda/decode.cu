@@ -13,6 +13,7 @@
 // They are read once, at the first call that sizes or launches a decode: set them before it.
 #include <cuda_runtime.h>
 
+#include <algorithm>
 #include <string>
 
 #include "core/backends.h"
@@ -137,7 +138,7 @@ Status decode(const char* fn, const detail::DecodeProblem& p, int device, const 
   if (p.batch == 0) return Status();
   MLA_RETURN_IF_ERROR(check_pointer_device(fn, "out", p.out, device));
   MLA_RETURN_IF_ERROR(check_pointer_device(fn, "workspace", ws.data, device));
-  DeviceGuard guard(device);
+  DeviceGuard guard(plan.device);
   MLA_RETURN_IF_ERROR(detail::with_context(fn, guard.status()));
   return run(fn, p, ws, stage, static_cast<cudaStream_t>(stream), plan);
 }

@@ -33,7 +33,9 @@ class CudaBuffer final : public DeviceBuffer {
     on_device(device_,
               [&] { check(cudaMalloc(&data_, bytes_ == 0 ? 256 : bytes_), "cudaMalloc"); });
   }
-  ~CudaBuffer() override { cudaFree(data_); }
+  ~CudaBuffer() override {
+    on_device(device_, [&] { cudaFree(data_); });
+  }
   void* data() override { return data_; }
   size_t bytes() const override { return bytes_; }
   void upload(const void* src, size_t n) override {
