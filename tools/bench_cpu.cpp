@@ -11,8 +11,8 @@
 #include <thread>
 
 #include "bench.h"
-#include "core/half.h"
 #include "cpu_ceilings.h"
+#include "harness.h"
 
 namespace mla::tools {
 namespace {
@@ -58,7 +58,7 @@ struct HostInputs {
     for (auto& x : v) {
       state = state * 1664525u + 1013904223u;  // LCG: fast enough for gigabytes
       const float f = static_cast<float>(state >> 8) * (2.0f / 16777216.0f) - 1.0f;
-      x = dtype == DType::kBFloat16 ? detail::float_to_bf16(f) : detail::float_to_fp16(f);
+      x = testing::to_half(f, dtype);
     }
     return v;
   }

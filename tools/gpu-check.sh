@@ -32,7 +32,8 @@ usage: tools/gpu-check.sh [options]
   --build-dir DIR     build directory (default build-gpu)
   --arch LIST         CMAKE_CUDA_ARCHITECTURES (default 90)
   --kernels LIST      also run the bench table with each named kernel configuration
-                      (MLA_CUDA_KERNEL), comma-separated, e.g. sm90n64s2,m4n64s2w8
+                      (MLA_CUDA_KERNEL), comma-separated, e.g. sm90n64s2,m4n64s2w8, or `all`:
+                      every registered configuration the card runs (`mla-decode kernels`)
 EOF
 }
 
@@ -171,7 +172,12 @@ if [[ $run_bench -eq 1 ]]; then
   : >"$out/bench.txt"
   stage "bench --table" "$out/bench.txt" 300 \
     "$cli" bench --device cuda --table --json "$out/bench-table.json"
-  IFS=, read -r -a kernel_list <<<"$kernels"
+  if [[ $kernels == all ]]; then
+    kernel_list=()
+    while IFS= read -r k; do kernel_list+=("$k"); done < <("$cli" kernels)
+  else
+    IFS=, read -r -a kernel_list <<<"$kernels"
+  fi
   for k in "${kernel_list[@]}"; do
     MLA_CUDA_KERNEL=$k stage "bench --table $k" "$out/bench.txt" 300 \
       "$cli" bench --device cuda --table

@@ -1,6 +1,7 @@
 // mla-decode: the command-line checker and benchmark.
 //   mla-decode check [--device auto|cpu|cuda] [--level 0|1|2]
 //   mla-decode bench [--device auto|cpu|cuda] [--h-q 16 --s-q 1 --batch 32 --seq-len 4096 ...]
+//   mla-decode kernels [--cuda-device N]
 #include <CLI/CLI.hpp>
 #include <cstdio>
 #include <map>
@@ -8,6 +9,7 @@
 
 #include "bench.h"
 #include "check.h"
+#include "core/backends.h"
 
 namespace {
 
@@ -75,7 +77,21 @@ int main(int argc, char** argv) {
                       "CPU: also time the reference, report the speed-up");
   bench_cmd->add_option("--json", bench.json_path, "Also write the results as JSON to this file");
 
+  int kernels_device = 0;
+  CLI::App* kernels_cmd = app.add_subcommand(
+      "kernels",
+      "List the CUDA decode kernel configurations a device runs (MLA_CUDA_KERNEL names)");
+  kernels_cmd->add_option("--cuda-device", kernels_device, "CUDA device ordinal")
+      ->capture_default_str();
+
   CLI11_PARSE(app, argc, argv);
+
+  if (kernels_cmd->parsed()) {
+    for (const std::string& name : mla::cuda::kernel_names(kernels_device)) {
+      std::printf("%s\n", name.c_str());
+    }
+    return 0;
+  }
 
   if (check_cmd->parsed()) {
     check.device = resolve_device(device);

@@ -148,7 +148,13 @@ Status workspace_size(const DecodeShape& shape, Device device, const ExecConfig&
 Status plan(const DecodeParams& params, Workspace workspace, const ExecConfig& config);
 
 /// Decode using the schedule that the last plan() on this workspace computed. seq_lens and the
-/// shapes must be those plan() saw.
+/// shapes must be those plan() saw: call plan() once per step (after seq_lens are final, and
+/// outside a captured graph that replays with new seq_lens, or inside it), before the step's
+/// decode_planned() calls. A fresh workspace needs nothing else: its contents never matter.
+/// CUDA checks this on the device: decode_planned() on a workspace that no plan() prepared, or
+/// whose last plan() saw other shapes (batch, s_q, h_q, page_size, causal) or another seq_len,
+/// still returns OK (the mismatch is found on the device), but writes every element of out and
+/// lse as NaN and records the cause for check_data_errors(), until the next plan().
 Status decode_planned(const DecodeParams& params, Workspace workspace, const ExecConfig& config);
 
 /// plan() followed by decode_planned().
@@ -156,8 +162,10 @@ Status decode(const DecodeParams& params, Workspace workspace, const ExecConfig&
 
 /// Reports data errors that the device found since the last plan() on this workspace (negative
 /// seq_len, seq_len beyond the block table, page id outside the cache): kDataError naming the
-/// first bad request, else OK. Rows of a bad request were written as NaN. Synchronises
-/// config.stream on CUDA. On the CPU, decode() rejects bad data up front and this returns OK.
+/// first bad request, else OK. Rows of a bad request were written as NaN. Also reports, first,
+/// a decode_planned() without a matching plan() (see there). Synchronises config.stream on
+/// CUDA; the workspace must be on `device`. On the CPU, decode() rejects bad data up front and
+/// this returns OK.
 Status check_data_errors(Workspace workspace, Device device, const ExecConfig& config);
 
 /// Scatter new tokens into the paged cache: kv_cache[slot / page_size, slot % page_size] =

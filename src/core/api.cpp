@@ -4,6 +4,7 @@
 #include <thread>
 
 #include "core/backends.h"
+#include "core/status.h"
 #include "core/validate.h"
 #include "mla/mla.h"
 
@@ -38,68 +39,31 @@ Status guarded(const char* fn, F&& body) {
   }
 }
 
-Status required_workspace(const char* fn, const detail::DecodeProblem& problem, Device device,
-                          const ExecConfig& config, size_t* bytes) {
+// Shared front half of plan / decode_planned / decode on the CPU: validate everything, data
+// included. (The CUDA backend checks the workspace against its launch plan itself.)
+Status prepare_cpu(const char* fn, const detail::DecodeProblem& problem, Workspace ws,
+                   const ExecConfig& config) {
   const DecodeShape shape{problem.batch, problem.s_q, problem.h_q};
-  if (device.type == DeviceType::kCUDA) {
-    Status s = cuda::check_device(device.index);
-    if (!s.ok()) return Status(s.code(), std::string(fn) + ": " + s.message());
-    return cuda::workspace_size(shape, device.index, bytes);
-  }
   // The reference needs no workspace.
-  *bytes = config.reference ? 0 : cpu::workspace_size(shape, resolve_threads(config));
-  return Status();
+  const size_t required =
+      config.reference ? 0 : cpu::workspace_size(shape, resolve_threads(config));
+  MLA_RETURN_IF_ERROR(detail::check_workspace(fn, ws, required));
+  return detail::validate_decode_data(fn, problem);
 }
-
-Status check_workspace(const char* fn, Workspace ws, size_t required) {
-  if (ws.bytes < required) {
-    return Status(StatusCode::kInvalidArgument,
-                  std::string(fn) + ": argument 'workspace': " + std::to_string(ws.bytes) +
-                      " bytes given, workspace_size() requires " + std::to_string(required));
-  }
-  if (required > 0 && ws.data == nullptr) {
-    return Status(StatusCode::kInvalidArgument,
-                  std::string(fn) + ": argument 'workspace': data pointer is null");
-  }
-  if (reinterpret_cast<uintptr_t>(ws.data) % 256 != 0) {
-    return Status(
-        StatusCode::kInvalidArgument,
-        std::string(fn) + ": argument 'workspace': data pointer must be 256-byte aligned");
-  }
-  return Status();
-}
-
-// Shared front half of plan / decode_planned / decode: validate everything, data included on
-// the CPU.
-Status prepare_decode(const char* fn, const DecodeParams& params, Workspace ws,
-                      const ExecConfig& config, detail::DecodeProblem* problem, Device* device) {
-  if (Status s = check_config(fn, config); !s.ok()) return s;
-  if (Status s = detail::validate_decode(fn, params, problem, device); !s.ok()) return s;
-  size_t required = 0;
-  if (Status s = required_workspace(fn, *problem, *device, config, &required); !s.ok()) return s;
-  if (Status s = check_workspace(fn, ws, required); !s.ok()) return s;
-  if (device->type == DeviceType::kCPU) return detail::validate_decode_data(fn, *problem);
-  return Status();
-}
-
-enum class DecodeStage { kPlan, kRun, kBoth };
 
 Status run_decode(const char* fn, const DecodeParams& params, Workspace ws,
-                  const ExecConfig& config, DecodeStage stage) {
+                  const ExecConfig& config, cuda::DecodeStage stage) {
   return guarded(fn, [&]() -> Status {
     detail::DecodeProblem problem;
     Device device;
-    if (Status s = prepare_decode(fn, params, ws, config, &problem, &device); !s.ok()) return s;
-    if (problem.batch == 0) return Status();
+    MLA_RETURN_IF_ERROR(check_config(fn, config));
+    MLA_RETURN_IF_ERROR(detail::validate_decode(fn, params, &problem, &device));
     if (device.type == DeviceType::kCUDA) {
-      if (stage != DecodeStage::kRun) {
-        if (Status s = cuda::plan(problem, ws.data, ws.bytes, config.stream); !s.ok()) return s;
-      }
-      if (stage == DecodeStage::kPlan) return Status();
-      return cuda::decode_planned(problem, ws.data, ws.bytes, config.stream);
+      return cuda::decode(fn, problem, device.index, ws, stage, config.stream);
     }
+    MLA_RETURN_IF_ERROR(prepare_cpu(fn, problem, ws, config));
     // The CPU reads seq_lens directly, so its schedule is made inside each decode.
-    if (stage == DecodeStage::kPlan) return Status();
+    if (problem.batch == 0 || stage == cuda::DecodeStage::kPlan) return Status();
     if (config.reference) {
       cpu::reference_decode(problem);
       return Status();
@@ -186,12 +150,8 @@ Status workspace_size(const DecodeShape& shape, Device device, const ExecConfig&
     }
     if (Status s = check_config(fn, config); !s.ok()) return s;
     if (Status s = detail::validate_shape(fn, shape); !s.ok()) return s;
-    if (device.type == DeviceType::kCUDA) {
-      if (Status s = cuda::check_device(device.index); !s.ok()) {
-        return Status(s.code(), std::string(fn) + ": " + s.message());
-      }
-      return cuda::workspace_size(shape, device.index, bytes);
-    }
+    if (device.type == DeviceType::kCUDA)
+      return cuda::workspace_size(fn, shape, device.index, bytes);
     if (device.type != DeviceType::kCPU) {
       return Status(StatusCode::kInvalidArgument,
                     std::string(fn) + ": argument 'device': unknown device type");
@@ -202,22 +162,22 @@ Status workspace_size(const DecodeShape& shape, Device device, const ExecConfig&
 }
 
 Status plan(const DecodeParams& params, Workspace workspace, const ExecConfig& config) {
-  return run_decode("mla::plan", params, workspace, config, DecodeStage::kPlan);
+  return run_decode("mla::plan", params, workspace, config, cuda::DecodeStage::kPlan);
 }
 
 Status decode_planned(const DecodeParams& params, Workspace workspace, const ExecConfig& config) {
-  return run_decode("mla::decode_planned", params, workspace, config, DecodeStage::kRun);
+  return run_decode("mla::decode_planned", params, workspace, config, cuda::DecodeStage::kRun);
 }
 
 Status decode(const DecodeParams& params, Workspace workspace, const ExecConfig& config) {
-  return run_decode("mla::decode", params, workspace, config, DecodeStage::kBoth);
+  return run_decode("mla::decode", params, workspace, config, cuda::DecodeStage::kBoth);
 }
 
 Status check_data_errors(Workspace workspace, Device device, const ExecConfig& config) {
   if (device.type != DeviceType::kCUDA) return Status();
-  return guarded("mla::check_data_errors", [&]() {
-    return cuda::check_data_errors(workspace.data, workspace.bytes, device.index, config.stream);
-  });
+  const char* fn = "mla::check_data_errors";
+  return guarded(
+      fn, [&]() { return cuda::check_data_errors(fn, workspace, device.index, config.stream); });
 }
 
 Status write_kv_cache(const KvCacheWriteParams& params, const ExecConfig& config) {
@@ -228,10 +188,7 @@ Status write_kv_cache(const KvCacheWriteParams& params, const ExecConfig& config
     if (Status s = detail::validate_kv_write(fn, params, &problem, &device); !s.ok()) return s;
     if (problem.num_tokens == 0) return Status();
     if (device.type == DeviceType::kCUDA) {
-      if (Status s = cuda::check_device(device.index); !s.ok()) {
-        return Status(s.code(), std::string(fn) + ": " + s.message());
-      }
-      return cuda::write_kv_cache(problem, config.stream);
+      return cuda::write_kv_cache(fn, problem, device.index, config.stream);
     }
     if (Status s = detail::validate_kv_write_data(fn, problem); !s.ok()) return s;
     cpu::write_kv_cache(problem);
@@ -247,10 +204,7 @@ Status merge_states(const MergeParams& params, const ExecConfig& config) {
     if (Status s = detail::validate_merge(fn, params, &problem, &device); !s.ok()) return s;
     if (problem.num_tokens == 0 || problem.num_heads == 0) return Status();
     if (device.type == DeviceType::kCUDA) {
-      if (Status s = cuda::check_device(device.index); !s.ok()) {
-        return Status(s.code(), std::string(fn) + ": " + s.message());
-      }
-      return cuda::merge_states(problem, config.stream);
+      return cuda::merge_states(fn, problem, device.index, config.stream);
     }
     cpu::merge_states(problem);
     return Status();

@@ -60,8 +60,6 @@ struct Decoder::Impl {
   int64_t batch = -1;
   int64_t pages_per_seq = 0;
   bool planned = false;  // plan() ran (or was captured) for the current step
-  // Some plan() ran (or was captured), so the workspace's error flags have been initialised.
-  bool ever_planned = false;
 };
 
 Decoder::Decoder(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
@@ -210,15 +208,12 @@ Status Decoder::decode(const LayerParams& layer, void* stream) {
   const Workspace workspace = d.memory->workspace();
   if (!d.planned) {
     if (Status s = plan(params, workspace, exec); !s.ok()) return s;
-    d.planned = d.ever_planned = true;
+    d.planned = true;
   }
   return decode_planned(params, workspace, exec);
 }
 
 Status Decoder::check_data_errors(void* stream) {
-  // Before any plan the workspace's flags hold whatever the allocation held: nothing ran, so
-  // nothing can have failed.
-  if (!impl_->ever_planned) return Status();
   ExecConfig exec;
   exec.stream = stream;
   exec.num_threads = impl_->config.num_threads;

@@ -6,21 +6,31 @@
 namespace mla::cuda {
 namespace {
 
-Status unsupported() {
-  return Status(StatusCode::kUnsupported,
-                "this build of mla-decode has no CUDA backend (configure with a CUDA toolkit)");
+Status unsupported(const char* fn) {
+  return Status(
+      StatusCode::kUnsupported,
+      std::string(fn) +
+          ": this build of mla-decode has no CUDA backend (configure with a CUDA toolkit)");
 }
 
 }  // namespace
 
 bool available_in_build() { return false; }
 int device_count() { return 0; }
-Status check_device(int) { return unsupported(); }
-Status workspace_size(const DecodeShape&, int, size_t*) { return unsupported(); }
-Status plan(const detail::DecodeProblem&, void*, size_t, void*) { return unsupported(); }
-Status decode_planned(const detail::DecodeProblem&, void*, size_t, void*) { return unsupported(); }
-Status check_data_errors(const void*, size_t, int, void*) { return unsupported(); }
-Status write_kv_cache(const detail::KvWriteProblem&, void*) { return unsupported(); }
-Status merge_states(const detail::MergeProblem&, void*) { return unsupported(); }
+Status workspace_size(const char* fn, const DecodeShape&, int, size_t*) { return unsupported(fn); }
+Status decode(const char* fn, const detail::DecodeProblem&, int, const Workspace&, DecodeStage,
+              void*) {
+  return unsupported(fn);
+}
+Status check_data_errors(const char* fn, const Workspace&, int, void*) { return unsupported(fn); }
+Status write_kv_cache(const char* fn, const detail::KvWriteProblem&, int, void*) {
+  return unsupported(fn);
+}
+Status merge_states(const char* fn, const detail::MergeProblem&, int, void*) {
+  return unsupported(fn);
+}
+std::vector<std::string> kernel_names(int) { return {}; }
+KernelOverride kernel_override() { return {}; }
+void set_kernel_override(const KernelOverride&) {}
 
 }  // namespace mla::cuda

@@ -6,6 +6,7 @@
 #include <limits>
 #include <string>
 #include <type_traits>
+#include <utility>
 #include <vector>
 
 namespace mla::detail {
@@ -215,6 +216,25 @@ Status check_device_supported(const char* fn, const char* name, Device device) {
   return Status();
 }
 
+// Every present tensor of a call on the device of the first one; a mismatch names both.
+Status check_same_device(const char* fn,
+                         std::initializer_list<std::pair<const char*, const TensorView*>> tensors) {
+  const char* ref_name = nullptr;
+  Device ref{};
+  for (const auto& [name, t] : tensors) {
+    if (!t->present()) continue;
+    if (ref_name == nullptr) {
+      ref_name = name;
+      ref = t->device;
+    } else if (!same_device(t->device, ref)) {
+      return invalid(fn, name, "is on ", device_string(t->device), " but argument '", ref_name,
+                     "' is on ", device_string(ref),
+                     "; every tensor of a call must be on one device");
+    }
+  }
+  return Status();
+}
+
 // Shape limits, reported against `arg` ("q" from decode, the shape's own fields from
 // workspace_size) with each extent named.
 Status check_shape(const char* fn, const char* arg, const DecodeShape& shape) {
@@ -233,6 +253,17 @@ Status check_shape(const char* fn, const char* arg, const DecodeShape& shape) {
 
 }  // namespace
 
+Status check_workspace(const char* fn, const Workspace& ws, size_t required) {
+  if (ws.bytes < required) {
+    return invalid(fn, "workspace", ws.bytes, " bytes given, workspace_size() requires ", required);
+  }
+  if (required > 0 && ws.data == nullptr) return invalid(fn, "workspace", "data pointer is null");
+  if (reinterpret_cast<uintptr_t>(ws.data) % 256 != 0) {
+    return invalid(fn, "workspace", "data pointer must be 256-byte aligned");
+  }
+  return Status();
+}
+
 Status validate_shape(const char* fn, const DecodeShape& shape) {
   return check_shape(fn, "shape", shape);
 }
@@ -242,6 +273,13 @@ Status validate_decode(const char* fn, const DecodeParams& p, DecodeProblem* pro
   if (!p.q.present()) return invalid(fn, "q", "is required but absent (ndim == 0)");
   const Device device = p.q.device;
   MLA_RETURN_IF_ERROR(check_device_supported(fn, "q", device));
+  MLA_RETURN_IF_ERROR(check_same_device(fn, {{"q", &p.q},
+                                             {"q_pe", &p.q_pe},
+                                             {"kv_cache", &p.kv_cache},
+                                             {"block_table", &p.block_table},
+                                             {"seq_lens", &p.seq_lens},
+                                             {"out", &p.out},
+                                             {"lse", &p.lse}}));
   const bool split_q = p.q_pe.present();
   const int64_t batch = p.q.ndim >= 1 ? p.q.shape[0] : 0;
   const int64_t s_q = p.q.ndim >= 2 ? p.q.shape[1] : 0;
@@ -380,6 +418,10 @@ Status validate_kv_write(const char* fn, const KvCacheWriteParams& p, KvWritePro
   if (!p.kv_cache.present()) return invalid(fn, "kv_cache", "is required but absent (ndim == 0)");
   const Device device = p.kv_cache.device;
   MLA_RETURN_IF_ERROR(check_device_supported(fn, "kv_cache", device));
+  MLA_RETURN_IF_ERROR(check_same_device(fn, {{"kv_cache", &p.kv_cache},
+                                             {"slot_mapping", &p.slot_mapping},
+                                             {"kv_c", &p.kv_c},
+                                             {"k_pe", &p.k_pe}}));
   MLA_RETURN_IF_ERROR(check_dtype(fn, "kv_cache", p.kv_cache, {DType::kBFloat16, DType::kFloat16}));
   MLA_RETURN_IF_ERROR(check_tensor(fn, "kv_cache", p.kv_cache,
                                    {"[num_pages, page_size, 576]", 3, {-1, -1, kHeadDimQK}},
@@ -446,6 +488,12 @@ Status validate_merge(const char* fn, const MergeParams& p, MergeProblem* proble
   if (!p.out_a.present()) return invalid(fn, "out_a", "is required but absent (ndim == 0)");
   const Device device = p.out_a.device;
   MLA_RETURN_IF_ERROR(check_device_supported(fn, "out_a", device));
+  MLA_RETURN_IF_ERROR(check_same_device(fn, {{"out_a", &p.out_a},
+                                             {"lse_a", &p.lse_a},
+                                             {"out_b", &p.out_b},
+                                             {"lse_b", &p.lse_b},
+                                             {"out", &p.out},
+                                             {"lse", &p.lse}}));
   MLA_RETURN_IF_ERROR(
       check_dtype(fn, "out_a", p.out_a, {DType::kBFloat16, DType::kFloat16, DType::kFloat32}));
   MLA_RETURN_IF_ERROR(check_tensor(fn, "out_a", p.out_a,

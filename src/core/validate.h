@@ -4,6 +4,8 @@
 // offending value; the caller then launches and writes nothing.
 #pragma once
 
+#include <cstddef>
+
 #include "core/problem.h"
 #include "mla/mla.h"
 
@@ -16,6 +18,9 @@ Status validate_decode(const char* fn, const DecodeParams& params, DecodeProblem
 Status validate_shape(const char* fn, const DecodeShape& shape);
 // CPU tensors: seq_lens in [0, max_pages * page_size] and every live page id in [0, num_pages).
 Status validate_decode_data(const char* fn, const DecodeProblem& problem);
+
+// The caller's workspace against the `required` bytes of this call: size, null, 256-byte alignment.
+Status check_workspace(const char* fn, const Workspace& workspace, size_t required);
 
 Status validate_kv_write(const char* fn, const KvCacheWriteParams& params, KvWriteProblem* problem,
                          Device* device);

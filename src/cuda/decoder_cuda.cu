@@ -10,29 +10,16 @@
 #include <cstring>
 
 #include "core/decoder_backend.h"
+#include "core/status.h"
 #include "cuda/common/check.h"
+#include "cuda/common/device.h"
+#include "cuda/workspace.h"
 
 namespace mla::detail {
 namespace {
 
 using cuda::cuda_status;
-
-// Makes `device` current for the scope and restores the caller's device after.
-class DeviceScope {
- public:
-  explicit DeviceScope(int device) {
-    if (cudaGetDevice(&previous_) != cudaSuccess) previous_ = -1;
-    status_ = cudaSetDevice(device);
-  }
-  ~DeviceScope() {
-    if (previous_ >= 0) cudaSetDevice(previous_);
-  }
-  cudaError_t status() const { return status_; }
-
- private:
-  int previous_ = -1;
-  cudaError_t status_ = cudaSuccess;
-};
+using cuda::DeviceGuard;
 
 class CudaMemory final : public DecoderMemory {
  public:
@@ -40,7 +27,7 @@ class CudaMemory final : public DecoderMemory {
       : device_(device), workspace_bytes_(workspace_bytes), metadata_bytes_(metadata_bytes) {}
 
   ~CudaMemory() override {
-    DeviceScope scope(device_);
+    DeviceGuard guard(device_);
     for (Slot& slot : slots_) {
       // The copy engine may still be reading the staging buffer.
       if (slot.pending) cudaEventSynchronize(slot.copied);
@@ -52,10 +39,14 @@ class CudaMemory final : public DecoderMemory {
   }
 
   Status allocate() {
-    DeviceScope scope(device_);
-    MLA_CUDA_RETURN_IF_ERROR(scope.status());
+    DeviceGuard guard(device_);
+    MLA_RETURN_IF_ERROR(guard.status());
     // cudaMalloc returns 256-byte aligned memory, as decode() requires of the workspace.
-    if (workspace_bytes_ > 0) MLA_CUDA_RETURN_IF_ERROR(cudaMalloc(&workspace_, workspace_bytes_));
+    if (workspace_bytes_ > 0) {
+      MLA_CUDA_RETURN_IF_ERROR(cudaMalloc(&workspace_, workspace_bytes_));
+      // A header that says "no plan, no error": check_data_errors() reports OK until a plan.
+      MLA_CUDA_RETURN_IF_ERROR(cudaMemset(workspace_, 0xff, sizeof(cuda::WorkspaceHeader)));
+    }
     MLA_CUDA_RETURN_IF_ERROR(cudaMalloc(&metadata_, metadata_bytes_));
     for (Slot& slot : slots_) {
       MLA_CUDA_RETURN_IF_ERROR(cudaMallocHost(&slot.host, metadata_bytes_));
@@ -70,6 +61,8 @@ class CudaMemory final : public DecoderMemory {
   int32_t* metadata() const override { return metadata_; }
 
   Status acquire_staging(void* stream, int32_t** host) override {
+    DeviceGuard guard(device_);  // the legacy default stream is the device's
+    MLA_RETURN_IF_ERROR(guard.status());
     cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
     MLA_CUDA_RETURN_IF_ERROR(cudaStreamIsCapturing(static_cast<cudaStream_t>(stream), &capture));
     if (capture != cudaStreamCaptureStatusNone) {
@@ -92,8 +85,8 @@ class CudaMemory final : public DecoderMemory {
   }
 
   Status upload(size_t bytes, void* stream) override {
-    DeviceScope scope(device_);
-    MLA_CUDA_RETURN_IF_ERROR(scope.status());
+    DeviceGuard guard(device_);
+    MLA_RETURN_IF_ERROR(guard.status());
     Slot& slot = slots_[next_];
     const auto s = static_cast<cudaStream_t>(stream);
     MLA_CUDA_RETURN_IF_ERROR(

@@ -8,7 +8,10 @@
 #include <string>
 
 #include "core/backends.h"
+#include "core/status.h"
 #include "cuda/common/check.h"
+#include "cuda/common/device.h"
+#include "cuda/common/launch.h"
 
 namespace mla::cuda {
 namespace {
@@ -43,19 +46,25 @@ __global__ void __launch_bounds__(kThreads)
 
 }  // namespace
 
-Status write_kv_cache(const KvWriteProblem& problem, void* stream) {
+Status write_kv_cache(const char* fn, const KvWriteProblem& problem, int device, void* stream) {
   const int64_t blocks = (problem.num_tokens * kRowChunks + kThreads - 1) / kThreads;
   if (blocks > INT_MAX) {
-    return Status(StatusCode::kUnsupported, "mla::write_kv_cache: argument 'slot_mapping': " +
+    return Status(StatusCode::kUnsupported, std::string(fn) + ": argument 'slot_mapping': " +
                                                 std::to_string(problem.num_tokens) +
                                                 " tokens exceed one launch's grid");
   }
+  DeviceInfo info;
+  MLA_RETURN_IF_ERROR(detail::with_context(fn, device_info(device, &info)));
+  MLA_RETURN_IF_ERROR(check_pointer_device(fn, "kv_cache", problem.kv, device));
+  DeviceGuard guard(device);
+  MLA_RETURN_IF_ERROR(detail::with_context(fn, guard.status()));
   int page_shift = 0;
   while ((1 << page_shift) < problem.page_size) ++page_shift;
   const int64_t capacity = static_cast<int64_t>(problem.num_pages) * problem.page_size;
-  write_kv_kernel<<<static_cast<unsigned>(blocks), kThreads, 0,
-                    static_cast<cudaStream_t>(stream)>>>(problem, page_shift, capacity);
-  return cuda_status(cudaGetLastError(), "mla::write_kv_cache: launch of write_kv_kernel");
+  return detail::with_context(
+      fn, launch_kernel("write_kv_kernel", &write_kv_kernel, dim3(static_cast<unsigned>(blocks)),
+                        dim3(kThreads), 0, static_cast<cudaStream_t>(stream), false, problem,
+                        page_shift, capacity));
 }
 
 }  // namespace mla::cuda

@@ -15,7 +15,10 @@
 #include <string>
 
 #include "core/backends.h"
+#include "core/status.h"
 #include "cuda/common/check.h"
+#include "cuda/common/device.h"
+#include "cuda/common/launch.h"
 
 namespace mla::cuda {
 namespace {
@@ -110,7 +113,7 @@ bool aligned_16(const void* ptr, int64_t stride_t, int64_t stride_h, int64_t esi
 }
 
 template <typename T>
-Status launch(const MergeProblem& p, cudaStream_t stream) {
+Status launch(const char* fn, const MergeProblem& p, cudaStream_t stream) {
   constexpr int kVec16 = static_cast<int>(16 / sizeof(T));
   const int64_t esize = sizeof(T);
   const bool vec = (p.head_dim * esize) % 16 == 0 &&
@@ -126,31 +129,33 @@ Status launch(const MergeProblem& p, cudaStream_t stream) {
   const int64_t blocks = (p.num_tokens * p.num_heads + rows_per_block - 1) / rows_per_block;
   if (blocks > INT_MAX) {
     return Status(StatusCode::kUnsupported,
-                  "mla::merge_states: argument 'out_a': " + std::to_string(p.num_tokens) + " x " +
+                  std::string(fn) + ": argument 'out_a': " + std::to_string(p.num_tokens) + " x " +
                       std::to_string(p.num_heads) + " rows exceed one launch's grid");
   }
-  const dim3 grid(static_cast<unsigned>(blocks));
-  if (vec) {
-    merge_kernel<T, kVec16><<<grid, kThreads, 0, stream>>>(p, group);
-  } else {
-    merge_kernel<T, 1><<<grid, kThreads, 0, stream>>>(p, group);
-  }
-  return cuda_status(cudaGetLastError(), "mla::merge_states: launch of merge_kernel");
+  return detail::with_context(
+      fn, launch_kernel("merge_kernel", vec ? &merge_kernel<T, kVec16> : &merge_kernel<T, 1>,
+                        dim3(static_cast<unsigned>(blocks)), dim3(kThreads), 0, stream, false, p,
+                        group));
 }
 
 }  // namespace
 
-Status merge_states(const MergeProblem& problem, void* stream) {
+Status merge_states(const char* fn, const MergeProblem& problem, int device, void* stream) {
+  DeviceInfo info;
+  MLA_RETURN_IF_ERROR(detail::with_context(fn, device_info(device, &info)));
+  MLA_RETURN_IF_ERROR(check_pointer_device(fn, "out", problem.out, device));
+  DeviceGuard guard(device);
+  MLA_RETURN_IF_ERROR(detail::with_context(fn, guard.status()));
   const auto s = static_cast<cudaStream_t>(stream);
   switch (problem.dtype) {
     case MergeType::kBFloat16:
-      return launch<__nv_bfloat16>(problem, s);
+      return launch<__nv_bfloat16>(fn, problem, s);
     case MergeType::kFloat16:
-      return launch<__half>(problem, s);
+      return launch<__half>(fn, problem, s);
     case MergeType::kFloat32:
-      return launch<float>(problem, s);
+      return launch<float>(fn, problem, s);
   }
-  return Status(StatusCode::kInternal, "mla::merge_states: unknown dtype");
+  return Status(StatusCode::kInternal, std::string(fn) + ": unknown dtype");
 }
 
 }  // namespace mla::cuda

@@ -4,7 +4,7 @@
 // results are written and read within one decode_planned().
 //
 // clang-format off
-//   header        WorkspaceHeader              error key, schedule totals
+//   header        WorkspaceHeader              error key, fingerprint of the last plan()
 //   prefix        int64 [batch + 1]            cost prefix over requests (in 64-token blocks)
 //   lens          int32 [batch]                seq_len, or -1 for a request with a bad seq_len
 //   part_begin    int64 [num_parts + 1]        p covers [part_begin[p], part_begin[p+1])
@@ -33,22 +33,43 @@ inline constexpr int kScheduleBlock = 64;
 // pipeline and writing its rows. Empty requests cost only this.
 inline constexpr int kRequestOverhead = 2;
 
-// Error reasons, kept in bits 32..35 of the error key.
+// Why a call's rows were written as NaN, kept in bits 32..35 of the error key. The plan errors
+// come first: their keys sort below every data error, so they are the ones reported.
 enum class DataError : uint32_t {
-  kNone = 0,
-  kNegativeSeqLen = 1,
-  kSeqLenTooLong = 2,
-  kBadPage = 3
+  kNoPlan = 1,          // decode_planned on a workspace that no plan() prepared
+  kStalePlan = 2,       // shapes or a seq_len differ from those of the last plan()
+  kNegativeSeqLen = 3,  // value: the seq_len
+  kSeqLenTooLong = 4,   // value: the seq_len
+  kBadPage = 5,         // value: the block-table position of the bad page id
 };
 
 // Key of a data error: ordered by request first, so an atomicMin keeps the lowest bad request.
-// `value` is the bad seq_len, or the block-table position of the bad page id.
 __host__ __device__ inline unsigned long long error_key(int32_t request, DataError reason,
                                                         int32_t value) {
   return (static_cast<unsigned long long>(request) << 36) |
          (static_cast<unsigned long long>(reason) << 32) | static_cast<uint32_t>(value);
 }
+// Key of a plan error: request 0 with the reasons that sort first; `value` is the request whose
+// seq_len changed, or -1 (shapes, or no plan).
+__host__ __device__ inline unsigned long long plan_error_key(DataError reason, int32_t value) {
+  return error_key(0, reason, value);
+}
 inline constexpr unsigned long long kNoError = ~0ull;
+
+// An error key taken apart (the inverse of error_key).
+struct ErrorInfo {
+  int32_t request;
+  DataError reason;
+  int32_t value;
+};
+__host__ __device__ inline ErrorInfo decode_error_key(unsigned long long key) {
+  return ErrorInfo{static_cast<int32_t>(key >> 36), static_cast<DataError>((key >> 32) & 0xf),
+                   static_cast<int32_t>(key & 0xffffffffu)};
+}
+__host__ __device__ inline bool is_plan_error(unsigned long long key) {
+  const DataError reason = decode_error_key(key).reason;
+  return key != kNoError && (reason == DataError::kNoPlan || reason == DataError::kStalePlan);
+}
 
 // The split request whose first cut lies at the end of partition p: its splits are partitions
 // first = p .. last, and split p's partial sits in slot first_slot (later splits q in slot 2q).
@@ -60,18 +81,21 @@ struct alignas(16) MergeTask {
   int32_t unused;
 };
 
+// Written by plan() ("mla-plan"); any other value means no plan() prepared this workspace.
+inline constexpr unsigned long long kPlanMagic = 0x6e616c702d616c6dull;
+
+// The header: the error key, and the fingerprint of the last plan() (its shapes and partition
+// count). decode_planned compares the fingerprint with its own call once per CTA, and each
+// request's planned seq_len (lens) with the current one where it touches the request.
 struct WorkspaceHeader {
-  unsigned long long error_key;  // kNoError or error_key(...) of the lowest bad request
-  int64_t total_cost;            // sum over requests of blocks + kRequestOverhead
-  int32_t whole_requests;        // 1: partitions end on request boundaries (no request is split)
-  int32_t unused;
+  unsigned long long error_key;  // kNoError or the key of the first error (see DataError)
+  unsigned long long magic;      // kPlanMagic once a plan() has run
+  int32_t batch, s_q, h_q, page_size, causal, num_parts;
 };
 
 inline constexpr size_t align256(size_t n) { return (n + 255) / 256 * 256; }
 
 struct WorkspaceLayout {
-  int32_t batch = 0;
-  int32_t rows = 0;       // s_q * h_q
   int32_t num_parts = 0;  // CTA partitions of the KV work (per row tile)
   size_t prefix = 0, lens = 0, part_begin = 0, part_first = 0, merges = 0, partial_lse = 0,
          partial_out = 0;
@@ -79,8 +103,6 @@ struct WorkspaceLayout {
 
   static WorkspaceLayout make(int32_t batch, int32_t rows, int32_t num_parts) {
     WorkspaceLayout l;
-    l.batch = batch;
-    l.rows = rows;
     l.num_parts = num_parts;
     const size_t slots = 2 * static_cast<size_t>(num_parts);
     l.prefix = align256(sizeof(WorkspaceHeader));

@@ -16,13 +16,26 @@ void check(cudaError_t e, const char* what) {
   }
 }
 
+// Runs `body` with `device` current, then makes the caller's device current again: the harness
+// never changes which device a test has current.
+template <typename Body>
+void on_device(int device, Body&& body) {
+  int previous = 0;
+  check(cudaGetDevice(&previous), "cudaGetDevice");
+  check(cudaSetDevice(device), "cudaSetDevice");
+  body();
+  check(cudaSetDevice(previous), "cudaSetDevice");
+}
+
 class CudaBuffer final : public DeviceBuffer {
  public:
   CudaBuffer(int device, size_t bytes) : device_(device), bytes_(bytes) {
-    check(cudaSetDevice(device_), "cudaSetDevice");
-    check(cudaMalloc(&data_, bytes_ == 0 ? 256 : bytes_), "cudaMalloc");
+    on_device(device_,
+              [&] { check(cudaMalloc(&data_, bytes_ == 0 ? 256 : bytes_), "cudaMalloc"); });
   }
-  ~CudaBuffer() override { cudaFree(data_); }
+  ~CudaBuffer() override {
+    on_device(device_, [&] { cudaFree(data_); });
+  }
   void* data() override { return data_; }
   size_t bytes() const override { return bytes_; }
   void upload(const void* src, size_t n) override {
@@ -45,8 +58,7 @@ std::unique_ptr<DeviceBuffer> allocate_cuda(int device, size_t bytes) {
 }
 
 void synchronize_cuda(int device) {
-  check(cudaSetDevice(device), "cudaSetDevice");
-  check(cudaDeviceSynchronize(), "cudaDeviceSynchronize");
+  on_device(device, [] { check(cudaDeviceSynchronize(), "cudaDeviceSynchronize"); });
 }
 
 }  // namespace mla::testing

@@ -11,16 +11,15 @@
 #include "core/half.h"
 
 namespace mla::testing {
+
+uint16_t to_half(float v, DType dtype) {
+  return dtype == DType::kBFloat16 ? detail::float_to_bf16(v) : detail::float_to_fp16(v);
+}
+
 namespace {
 
 using detail::bf16_to_float;
-using detail::float_to_bf16;
-using detail::float_to_fp16;
 using detail::fp16_to_float;
-
-uint16_t to_half(float v, DType dtype) {
-  return dtype == DType::kBFloat16 ? float_to_bf16(v) : float_to_fp16(v);
-}
 
 float from_half(uint16_t v, DType dtype) {
   return dtype == DType::kBFloat16 ? bf16_to_float(v) : fp16_to_float(v);
@@ -305,6 +304,39 @@ Comparison compare_decode(const HostDecode& hd, const uint16_t* out, const float
     record(false, os.str());
   }
   return r;
+}
+
+DeviceDecode::DeviceDecode(const HostDecode& hd, Device device) {
+  auto up = [&](const auto& v) {
+    const size_t n = v.size() * sizeof(v[0]);
+    auto buf = allocate(device, n);
+    if (n > 0) buf->upload(v.data(), n);
+    return buf;
+  };
+  q = up(hd.q);
+  q_pe = up(hd.q_pe);
+  kv = up(hd.kv);
+  block_table = up(hd.block_table);
+  seq_lens = up(hd.seq_lens);
+  out = up(std::vector<uint16_t>(hd.out_elems, kPoison16));
+  lse = up(std::vector<float>(std::max<size_t>(hd.lse_elems, 1), std::nanf("")));
+  const DecodeCase& c = hd.c;
+  sized = workspace_size(DecodeShape{c.batch, c.s_q, c.h_q}, device, ExecConfig{}, &ws_bytes);
+  ws = up(std::vector<uint8_t>(ws_bytes, kPoisonByte));
+  params = hd.params(device, q->data(), q_pe->data(), kv->data(), block_table->data(),
+                     seq_lens->data(), out->data(), lse->data());
+}
+
+std::vector<uint16_t> DeviceDecode::out_host(const HostDecode& hd) const {
+  std::vector<uint16_t> v(hd.out_elems);
+  out->download(v.data(), v.size() * sizeof(uint16_t));
+  return v;
+}
+
+std::vector<float> DeviceDecode::lse_host(const HostDecode& hd) const {
+  std::vector<float> v(std::max<size_t>(hd.lse_elems, 1));
+  lse->download(v.data(), v.size() * sizeof(float));
+  return v;
 }
 
 Comparison run_decode_case(const DecodeCase& c, Device device, const ExecConfig& config,

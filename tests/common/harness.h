@@ -50,10 +50,27 @@ class DeviceBuffer {
 };
 // Allocates `bytes` (rounded up, 256-byte aligned) on `device`. Contents are unspecified.
 std::unique_ptr<DeviceBuffer> allocate(Device device, size_t bytes);
+// `host` copied into a new buffer on `device` (of at least one element).
+template <typename T>
+std::unique_ptr<DeviceBuffer> upload_vector(Device device, const std::vector<T>& host) {
+  auto buf = allocate(device, (host.empty() ? 1 : host.size()) * sizeof(T));
+  if (!host.empty()) buf->upload(host.data(), host.size() * sizeof(T));
+  return buf;
+}
+// The first `n` elements of `buf`.
+template <typename T>
+std::vector<T> download_vector(const DeviceBuffer& buf, size_t n) {
+  std::vector<T> host(n);
+  buf.download(host.data(), n * sizeof(T));
+  return host;
+}
 // Waits for all work on the device (no-op on the CPU).
 void synchronize(Device device);
 // True when `device` can run (CUDA: a device exists and the backend is built).
 bool device_usable(Device device);
+
+// `v` rounded to nearest-even in `dtype` (bf16 or fp16), as bits.
+uint16_t to_half(float v, DType dtype);
 
 // NaN bit patterns used as poison: bf16/fp16 quiet NaN halves and fp32 NaN.
 inline constexpr uint16_t kPoison16 = 0x7fc1;  // a NaN in bf16 and in fp16
@@ -79,6 +96,20 @@ struct HostDecode {
 };
 
 HostDecode make_decode(const DecodeCase& c);
+
+// Device buffers of one generated problem on `device`: inputs uploaded, out and lse poisoned, and
+// a workspace of workspace_size() bytes (`sized` holds that call's status) NaN-filled.
+struct DeviceDecode {
+  std::unique_ptr<DeviceBuffer> q, q_pe, kv, block_table, seq_lens, out, lse, ws;
+  size_t ws_bytes = 0;
+  Status sized;
+  DecodeParams params;
+
+  DeviceDecode(const HostDecode& hd, Device device);
+  Workspace workspace() { return Workspace{ws->data(), ws_bytes}; }
+  std::vector<uint16_t> out_host(const HostDecode& hd) const;
+  std::vector<float> lse_host(const HostDecode& hd) const;
+};
 
 // Result of comparing one output with the reference.
 struct Comparison {

@@ -1,16 +1,17 @@
 // The CUDA decode path against the CPU reference: every case runs with poisoned out / lse /
-// workspace and NaN-filled dead memory (harness.h), every element compared. Also: each kernel
-// configuration (through MLA_CUDA_SMEM_LIMIT / MLA_CUDA_KERNEL), bad data on the device, and
-// CUDA-graph replay with sequence lengths changed after capture.
+// workspace and NaN-filled dead memory (harness.h), every element compared. Also: each
+// registered kernel configuration (through the override that MLA_CUDA_SMEM_LIMIT /
+// MLA_CUDA_KERNEL set), bad data on the device, and CUDA-graph replay with sequence lengths
+// changed after capture.
 #include <cuda_runtime.h>
 #include <gtest/gtest.h>
 
 #include <cmath>
-#include <cstdlib>
 #include <limits>
 #include <string>
 #include <vector>
 
+#include "core/backends.h"
 #include "harness.h"
 
 namespace mla::testing {
@@ -25,24 +26,18 @@ class DecodeGpu : public ::testing::Test {
   }
 };
 
-// Compute capability 9.0: the device the sm_90a kernel runs on.
-bool is_sm90() {
-  int major = 0, minor = 0;
-  return cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, 0) == cudaSuccess &&
-         cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, 0) == cudaSuccess &&
-         major == 9 && minor == 0;
-}
-
-// Sets an environment variable for the lifetime of the object.
-class ScopedEnv {
+// Restricts the kernel choice for the lifetime of the object (as MLA_CUDA_KERNEL and
+// MLA_CUDA_SMEM_LIMIT do for a whole process), restoring the previous override after.
+class ScopedKernelOverride {
  public:
-  ScopedEnv(const char* name, const std::string& value) : name_(name) {
-    setenv(name, value.c_str(), 1);
+  explicit ScopedKernelOverride(const cuda::KernelOverride& o)
+      : previous_(cuda::kernel_override()) {
+    cuda::set_kernel_override(o);
   }
-  ~ScopedEnv() { unsetenv(name_); }
+  ~ScopedKernelOverride() { cuda::set_kernel_override(previous_); }
 
  private:
-  const char* name_;
+  cuda::KernelOverride previous_;
 };
 
 void expect_case_passes(const DecodeCase& c) {
@@ -72,61 +67,27 @@ TEST_F(DecodeGpu, EveryKernelConfiguration) {
     for (const DecodeCase& c : sweep) expect_case_passes(c);
   };
   {
-    ScopedEnv env("MLA_CUDA_SMEM_LIMIT", "163000");  // A100: m1n32s2w4 / m4n32s2w8
+    ScopedKernelOverride o({"", 163000});  // A100: m1n32s2w4 / m4n32s2w8
     run_all("MLA_CUDA_SMEM_LIMIT=163000");
   }
   {
-    ScopedEnv env("MLA_CUDA_SMEM_LIMIT", "101376");  // sm_86 / sm_89: 16-row tiles only
+    ScopedKernelOverride o({"", 101376});  // sm_86 / sm_89: 16-row tiles only
     run_all("MLA_CUDA_SMEM_LIMIT=101376");
   }
-  std::vector<std::string> names = {"m4n64s2w8", "m2n64s2w8", "m1n64s2w8"};
-  if (is_sm90()) {  // the sm_90a kernel, also for the 16-row shapes it does not serve by default
-    names.push_back("sm90ss");
-    names.push_back("sm90n64s2");
-  }
+  // Every registered configuration this device runs, also for the shapes it does not serve by
+  // default (the sm_90a kernel on compute capability 9.0 only).
+  const std::vector<std::string> names = cuda::kernel_names(0);
+  EXPECT_FALSE(names.empty());
   for (const std::string& name : names) {
-    ScopedEnv env("MLA_CUDA_KERNEL", name);
+    ScopedKernelOverride o({name, 0});
     run_all("MLA_CUDA_KERNEL=" + name);
   }
 }
 
-// Device buffers of one generated problem.
-struct DeviceDecode {
-  std::unique_ptr<DeviceBuffer> q, q_pe, kv, block_table, seq_lens, out, lse, ws;
-  size_t ws_bytes = 0;
-  DecodeParams params;
-
-  explicit DeviceDecode(const HostDecode& hd) {
-    auto up = [](const auto& v) {
-      const size_t n = v.size() * sizeof(v[0]);
-      auto buf = allocate(kGpu, n);
-      if (n > 0) buf->upload(v.data(), n);
-      return buf;
-    };
-    q = up(hd.q);
-    q_pe = up(hd.q_pe);
-    kv = up(hd.kv);
-    block_table = up(hd.block_table);
-    seq_lens = up(hd.seq_lens);
-    out = up(std::vector<uint16_t>(hd.out_elems, kPoison16));
-    lse = up(std::vector<float>(std::max<size_t>(hd.lse_elems, 1), std::nanf("")));
-    const DecodeCase& c = hd.c;
-    EXPECT_TRUE(
-        workspace_size(DecodeShape{c.batch, c.s_q, c.h_q}, kGpu, ExecConfig{}, &ws_bytes).ok());
-    ws = up(std::vector<uint8_t>(ws_bytes, kPoisonByte));
-    params = hd.params(kGpu, q->data(), q_pe->data(), kv->data(), block_table->data(),
-                       seq_lens->data(), out->data(), lse->data());
-  }
-  Workspace workspace() { return Workspace{ws->data(), ws_bytes}; }
-  std::vector<uint16_t> out_host(const HostDecode& hd) {
-    std::vector<uint16_t> v(hd.out_elems);
-    out->download(v.data(), v.size() * sizeof(uint16_t));
-    return v;
-  }
-  std::vector<float> lse_host(const HostDecode& hd) {
-    std::vector<float> v(std::max<size_t>(hd.lse_elems, 1));
-    lse->download(v.data(), v.size() * sizeof(float));
-    return v;
+// The harness's buffers on GPU 0, the workspace sized.
+struct DeviceDecode : testing::DeviceDecode {
+  explicit DeviceDecode(const HostDecode& hd) : testing::DeviceDecode(hd, kGpu) {
+    EXPECT_TRUE(sized.ok());
   }
 };
 

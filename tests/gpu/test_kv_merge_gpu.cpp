@@ -21,16 +21,7 @@ constexpr float kInf = std::numeric_limits<float>::infinity();
 
 template <typename T>
 std::unique_ptr<DeviceBuffer> to_device(const std::vector<T>& host) {
-  auto buf = allocate(kGpu, host.size() * sizeof(T));
-  buf->upload(host.data(), host.size() * sizeof(T));
-  return buf;
-}
-
-template <typename T>
-std::vector<T> to_host(const DeviceBuffer& buf, size_t n) {
-  std::vector<T> host(n);
-  buf.download(host.data(), n * sizeof(T));
-  return host;
+  return upload_vector(kGpu, host);
 }
 
 class GpuTest : public ::testing::Test {
@@ -108,7 +99,7 @@ TEST_P(KvWriteGpu, MatchesCpuAndSkipsPaddingAndOutOfRangeSlots) {
       write_kv_cache(params(kGpu, d_c->data(), d_pe->data(), d_slots->data(), d_kv->data()), {});
   ASSERT_TRUE(s.ok()) << s.message();
   synchronize(kGpu);
-  const std::vector<uint16_t> got = to_host<uint16_t>(*d_kv, expected.size());
+  const std::vector<uint16_t> got = download_vector<uint16_t>(*d_kv, expected.size());
   for (size_t i = 0; i < got.size(); ++i) {
     const int64_t pg = static_cast<int64_t>(i) / kv_page,
                   in_page = static_cast<int64_t>(i) % kv_page;
@@ -245,8 +236,8 @@ TEST_P(MergeGpu, MatchesCpuWithInfinitiesAndNaN) {
   ASSERT_TRUE(s.ok()) << s.message();
   synchronize(kGpu);
   Elems got(dtype, n, 0);
-  got.bytes = to_host<uint8_t>(*d_out, got.bytes.size());
-  const std::vector<float> got_lse = to_host<float>(*d_lse, la.size());
+  got.bytes = download_vector<uint8_t>(*d_out, got.bytes.size());
+  const std::vector<float> got_lse = download_vector<float>(*d_lse, la.size());
 
   // The CPU accumulates in double, the GPU in fp32: one rounding step of the output type apart.
   const double atol = dtype == DType::kFloat32 ? 1e-6 : dtype == DType::kFloat16 ? 5e-4 : 2e-3;

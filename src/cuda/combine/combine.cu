@@ -3,7 +3,8 @@
 // as that partition's MergeTask, and CTA (p, r) merges row r of it. So every cut request is
 // merged exactly once, the grid is fixed by shapes and SM count, a CTA with nothing to merge
 // costs one 16-byte load, and only partial slots that this call's decode kernel wrote are read:
-// no uninitialised workspace is ever touched.
+// no uninitialised workspace is ever touched. After a plan error (decode_planned without a matching
+// plan(), workspace.h) the kernel writes every row of the call as NaN instead.
 //
 // Merge (natural-log LSEs l_i, normalised partials o_i): m = max l_i,
 //   out = sum_i exp(l_i - m) o_i / sum_i exp(l_i - m),  lse = m + ln(sum_i exp(l_i - m)).
@@ -13,6 +14,7 @@
 
 #include "cuda/combine/combine.h"
 #include "cuda/common/check.h"
+#include "cuda/common/decode_io.cuh"
 #include "cuda/common/elem.cuh"
 #include "cuda/common/launch.h"
 #include "cuda/common/ptx.cuh"
@@ -36,6 +38,14 @@ __global__ void __launch_bounds__(kWarps * 32)
   const int r = blockIdx.y;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int rows = p.s_q * p.h_q;
+  if (is_plan_error(s.header->error_key)) {
+    // No matching plan(): the schedule is not this call's, so nothing of it is read. CTA (p, r)
+    // writes row r of requests p, p + num_parts, ... as NaN, which covers every row of the call.
+    for (int32_t b = part; b < p.batch; b += s.num_parts) {
+      decode_io::write_empty<1, kWarps * 32, Traits>(p, b, r, true);
+    }
+    return;
+  }
   const MergeTask task = s.merges[part];
   if (task.request < 0) return;
   const int32_t b = task.request;

@@ -18,8 +18,6 @@
 
 namespace mla::cuda::decode_io {
 
-inline constexpr int kRowChunks = kHeadDimQK * 2 / 16;  // 72 chunks of 16 bytes per 576-wide row
-
 // Keys visible to packed row r of a request with `len` cached tokens; 0 for padding rows past
 // s_q * h_q.
 __device__ __forceinline__ int32_t visible(const detail::DecodeProblem& p, int r, int32_t len) {
@@ -182,12 +180,45 @@ __device__ __forceinline__ void store_lse(const detail::DecodeProblem& p, const 
   }
 }
 
+// The seq_len of request b as the scheduler records it in lens: -1 for a bad one.
+__device__ __forceinline__ int32_t recorded_len(const detail::DecodeProblem& p, int32_t b) {
+  const int32_t len = p.seq_lens[b * p.seq_lens_stride];
+  const int64_t capacity = static_cast<int64_t>(p.max_pages) * p.page_size;
+  return len < 0 || len > capacity ? -1 : len;
+}
+
+// kNoError when the workspace holds a plan() of this call's shapes and partition count, else the
+// plan error key that says why not. Reads the header only, never the schedule behind it, whose
+// layout a mismatched plan does not share.
+__device__ __forceinline__ unsigned long long check_plan(const detail::DecodeProblem& p,
+                                                         const ScheduleView& s) {
+  const WorkspaceHeader& h = *s.header;
+  if (h.magic != kPlanMagic) return plan_error_key(DataError::kNoPlan, -1);
+  const bool same = h.batch == p.batch && h.s_q == p.s_q && h.h_q == p.h_q &&
+                    h.page_size == p.page_size && h.causal == (p.causal ? 1 : 0) &&
+                    h.num_parts == s.num_parts;
+  return same ? kNoError : plan_error_key(DataError::kStalePlan, -1);
+}
+
+// Records a plan error. Without a plan the key holds whatever the memory held, so it is
+// overwritten (every CTA writes the same value); otherwise the lowest key wins, as for data errors.
+__device__ __forceinline__ void record_plan_error(const ScheduleView& s, unsigned long long key) {
+  if (decode_error_key(key).reason == DataError::kNoPlan) {
+    atomicExch(&s.header->error_key, key);
+  } else {
+    atomicMin(&s.header->error_key, key);
+  }
+}
+
 // Walks the work items of partition `part` (cost range [part_begin[part], part_begin[part + 1])
 // of the schedule scheduler.cu wrote): for each request whose 64-token blocks intersect the range,
 // `item(b, len, tok_begin, tok_end, sink)` decodes tokens [tok_begin, tok_end) (tok_begin a
 // multiple of 64); a request with no blocks (empty, or a bad seq_len) whose range starts here gets
 // `empty(b, bad)`. An item that covers a whole request writes out / lse; a cut one its partial
 // slot: 2 * part for the partition's first request, 2 * part + 1 for its last.
+// A request whose seq_len differs from the planned one (a stale plan) is not decoded: the error
+// key records it, the partition holding its start writes its rows as NaN, and the combine kernel
+// then writes every row of the call as NaN.
 template <typename Empty, typename Item>
 __device__ __forceinline__ void for_each_item(const detail::DecodeProblem& p, const ScheduleView& s,
                                               int part, Empty&& empty, Item&& item) {
@@ -201,6 +232,12 @@ __device__ __forceinline__ void for_each_item(const detail::DecodeProblem& p, co
     const int64_t end = s.prefix[b + 1];
     const int64_t blocks_begin = begin + kRequestOverhead;  // cost position of block 0
     const int32_t len = s.lens[b];
+    if (len != recorded_len(p, b)) {
+      if (threadIdx.x == 0)
+        atomicMin(&s.header->error_key, plan_error_key(DataError::kStalePlan, b));
+      if (begin >= c0) empty(b, true);
+      continue;
+    }
     if (end == blocks_begin) {
       if (begin >= c0) empty(b, len < 0);
       continue;
@@ -215,10 +252,19 @@ __device__ __forceinline__ void for_each_item(const detail::DecodeProblem& p, co
 
 // The body of a decode kernel's CTA: the rows [row0, row0 + kRows) of partition `part`'s work
 // items, each handed to cta.run_item(b, len, tok_begin, tok_end, sink), and of the empty
-// requests it owns.
+// requests it owns. Checks the plan first (one comparison of the header per CTA): without a
+// matching plan(), CTA (part, tile) writes its rows of requests part, part + num_parts, ... as NaN
+// instead, so the grid covers every row of the call, and records why.
 template <int kRows, int kThreads, typename Traits, typename Cta>
 __device__ __forceinline__ void run_partition(const detail::DecodeProblem& p, const ScheduleView& s,
                                               int part, int row0, Cta& cta) {
+  if (const unsigned long long key = check_plan(p, s); key != kNoError) {
+    if (threadIdx.x == 0) record_plan_error(s, key);
+    for (int32_t b = part; b < p.batch; b += s.num_parts) {
+      write_empty<kRows, kThreads, Traits>(p, b, row0, true);
+    }
+    return;
+  }
   for_each_item(
       p, s, part,
       [&](int32_t b, bool bad) { write_empty<kRows, kThreads, Traits>(p, b, row0, bad); },

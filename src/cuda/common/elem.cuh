@@ -17,6 +17,7 @@ struct ElemTraits;
 template <>
 struct ElemTraits<detail::ElemType::kBFloat16> {
   using T = __nv_bfloat16;
+  static constexpr detail::ElemType kElem = detail::ElemType::kBFloat16;
   static constexpr bool kIsBf16 = true;
   __device__ __forceinline__ static uint32_t pack(float lo, float hi) {
     const __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
@@ -27,6 +28,7 @@ struct ElemTraits<detail::ElemType::kBFloat16> {
 template <>
 struct ElemTraits<detail::ElemType::kFloat16> {
   using T = __half;
+  static constexpr detail::ElemType kElem = detail::ElemType::kFloat16;
   static constexpr bool kIsBf16 = false;
   __device__ __forceinline__ static uint32_t pack(float lo, float hi) {
     const __half2 v = __floats2half2_rn(lo, hi);
@@ -34,11 +36,14 @@ struct ElemTraits<detail::ElemType::kFloat16> {
   }
 };
 
+using Bf16 = ElemTraits<detail::ElemType::kBFloat16>;
+using Fp16 = ElemTraits<detail::ElemType::kFloat16>;
+
 // Calls `fn(ElemTraits<T>{})` for the problem's element type.
 template <typename Fn>
 decltype(auto) dispatch_elem(detail::ElemType type, Fn&& fn) {
-  if (type == detail::ElemType::kBFloat16) return fn(ElemTraits<detail::ElemType::kBFloat16>{});
-  return fn(ElemTraits<detail::ElemType::kFloat16>{});
+  if (type == detail::ElemType::kBFloat16) return fn(Bf16{});
+  return fn(Fp16{});
 }
 
 }  // namespace mla::cuda

@@ -22,8 +22,8 @@ namespace {
 constexpr int kSchedulerThreads = 256;
 
 __global__ void __launch_bounds__(kSchedulerThreads)
-    schedule_kernel(const int32_t* __restrict__ seq_lens, int64_t seq_lens_stride, int32_t batch,
-                    int64_t capacity, ScheduleView s) {
+    schedule_kernel(const __grid_constant__ detail::DecodeProblem p,
+                    const __grid_constant__ ScheduleView s) {
   using Scan = cub::BlockScan<int64_t, kSchedulerThreads>;
   __shared__ typename Scan::TempStorage scan_storage;
   __shared__ int64_t carry;
@@ -32,8 +32,19 @@ __global__ void __launch_bounds__(kSchedulerThreads)
   // grid in turn, so it may start launching now.
   ptx::grid_dependency_wait();
   ptx::launch_dependents();
+  const int32_t batch = p.batch;
+  const int64_t capacity = static_cast<int64_t>(p.max_pages) * p.page_size;
   if (tid == 0) {
-    s.header->error_key = kNoError;
+    // The fingerprint decode_planned checks (workspace.h).
+    WorkspaceHeader& h = *s.header;
+    h.error_key = kNoError;
+    h.magic = kPlanMagic;
+    h.batch = batch;
+    h.s_q = p.s_q;
+    h.h_q = p.h_q;
+    h.page_size = p.page_size;
+    h.causal = p.causal ? 1 : 0;
+    h.num_parts = s.num_parts;
     s.prefix[0] = 0;
     carry = 0;
   }
@@ -44,7 +55,7 @@ __global__ void __launch_bounds__(kSchedulerThreads)
     const int32_t b = base + tid;
     int64_t cost = 0;
     if (b < batch) {
-      const int32_t len = seq_lens[b * seq_lens_stride];
+      const int32_t len = p.seq_lens[b * p.seq_lens_stride];
       const bool bad = len < 0 || len > capacity;
       if (bad) {
         atomicMin(
@@ -68,36 +79,31 @@ __global__ void __launch_bounds__(kSchedulerThreads)
   const int64_t part_cost = partition::part_cost(total, num_parts);
   // The prefix written above is visible after the barrier at the end of the loop.
   auto request_at = [&](int64_t pos) { return partition::request_at(s.prefix, batch, pos); };
-  auto whole_cut = [&](int32_t p) {
-    return partition::whole_cut(s.prefix, batch, total, part_cost, p);
+  auto whole_cut = [&](int32_t q) {
+    return partition::whole_cut(s.prefix, batch, total, part_cost, q);
   };
   int64_t widest = 0;
-  for (int32_t p = tid; p < num_parts; p += kSchedulerThreads) {
-    widest = max(widest, whole_cut(p + 1) - whole_cut(p));
+  for (int32_t q = tid; q < num_parts; q += kSchedulerThreads) {
+    widest = max(widest, whole_cut(q + 1) - whole_cut(q));
   }
   using Reduce = cub::BlockReduce<int64_t, kSchedulerThreads>;
   __shared__ typename Reduce::TempStorage reduce_storage;
   __shared__ bool whole;
   widest = Reduce(reduce_storage).Reduce(widest, ::cuda::maximum<>{});
-  if (tid == 0) {
-    whole = partition::use_whole_cuts(widest, part_cost);
-    s.header->total_cost = total;
-    s.header->whole_requests = whole ? 1 : 0;
-    s.header->unused = 0;  // check_data_errors copies the whole header
-  }
+  if (tid == 0) whole = partition::use_whole_cuts(widest, part_cost);
   __syncthreads();
-  for (int32_t p = tid; p <= num_parts; p += kSchedulerThreads) {
-    s.part_begin[p] = whole ? whole_cut(p) : partition::equal_cut(total, part_cost, p);
+  for (int32_t q = tid; q <= num_parts; q += kSchedulerThreads) {
+    s.part_begin[q] = whole ? whole_cut(q) : partition::equal_cut(total, part_cost, q);
   }
   __syncthreads();  // part_begin is read back below
 
-  for (int32_t p = tid; p < num_parts; p += kSchedulerThreads) {
-    const int64_t start = s.part_begin[p], cut = s.part_begin[p + 1];
-    // part_first[p]: the request holding the partition's start (batch when it has no work).
+  for (int32_t q = tid; q < num_parts; q += kSchedulerThreads) {
+    const int64_t start = s.part_begin[q], cut = s.part_begin[q + 1];
+    // part_first[q]: the request holding the partition's start (batch when it has no work).
     const int32_t first = start < cut ? request_at(start) : batch;
-    s.part_first[p] = first;
+    s.part_first[q] = first;
     // The request cut at this partition's end, if its blocks begin in this partition (its first
-    // cut): partition p's combine CTAs merge it. Only even cuts split requests.
+    // cut): partition q's combine CTAs merge it. Only even cuts split requests.
     MergeTask task{-1, 0, 0, 0};
     if (!whole && cut < total) {
       const int32_t b = request_at(cut);
@@ -105,10 +111,10 @@ __global__ void __launch_bounds__(kSchedulerThreads)
       if (blocks_begin < cut && blocks_begin >= start) {
         task.request = b;
         task.last = static_cast<int32_t>((s.prefix[b + 1] - 1) / part_cost);
-        task.first_slot = 2 * p + (first == b ? 0 : 1);  // as the decode kernel chose it
+        task.first_slot = 2 * q + (first == b ? 0 : 1);  // as the decode kernel chose it
       }
     }
-    s.merges[p] = task;
+    s.merges[q] = task;
   }
 }
 
@@ -116,9 +122,8 @@ __global__ void __launch_bounds__(kSchedulerThreads)
 
 Status launch_scheduler(const detail::DecodeProblem& p, const ScheduleView& schedule,
                         cudaStream_t stream, bool pdl) {
-  const int64_t capacity = static_cast<int64_t>(p.max_pages) * p.page_size;
   return launch_kernel("schedule_kernel", &schedule_kernel, dim3(1), dim3(kSchedulerThreads), 0,
-                       stream, pdl, p.seq_lens, p.seq_lens_stride, p.batch, capacity, schedule);
+                       stream, pdl, p, schedule);
 }
 
 }  // namespace mla::cuda

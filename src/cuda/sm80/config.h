@@ -10,6 +10,7 @@
 #pragma once
 
 #include <cstddef>
+#include <cstdint>
 
 #include "mla/mla.h"
 
@@ -33,20 +34,20 @@ struct Config {
   static constexpr int kONTiles = kOCols / 8;
 
   static constexpr int kRowBytes = kHeadDimQK * 2;   // one 576-wide bf16/fp16 row
-  static constexpr int kRowChunks = kRowBytes / 16;  // 72 chunks of 16 bytes
   static constexpr int kPChunks = kBlockN * 2 / 16;  // 16-byte chunks per row of P
 
-  // Shared memory: Q tile, KV ring, P tile, per-row softmax exchange.
-  static constexpr size_t kQBytes = size_t{kRows} * kRowBytes;
-  static constexpr size_t kStageBytes = size_t{kBlockN} * kRowBytes;
-  static constexpr size_t kKvOffset = kQBytes;
-  static constexpr size_t kPOffset = kKvOffset + kStages * kStageBytes;
-  static constexpr size_t kPBytes = size_t{kRows} * kBlockN * 2;
-  static constexpr size_t kMaxOffset = kPOffset + kPBytes;  // float [kSGroups][kRows]
-  static constexpr size_t kAlphaOffset = kMaxOffset + sizeof(float) * kSGroups * kRows;  // [kRows]
-  static constexpr size_t kSumOffset = kAlphaOffset + sizeof(float) * kRows;  // [kSGroups][kRows]
-  static constexpr size_t kRowMaxOffset = kSumOffset + sizeof(float) * kSGroups * kRows;  // [kRows]
-  static constexpr size_t kSmemBytes = kRowMaxOffset + sizeof(float) * kRows;
+  // Shared memory of one CTA. Tiles hold rows of 16-byte chunks (swizzled, kernel.cuh); every
+  // array starts on a 16-byte boundary because every size before it is a multiple of 16.
+  struct Smem {
+    alignas(16) uint8_t q[kRows * kRowBytes];              // the CTA's query rows
+    alignas(16) uint8_t kv[kStages][kBlockN * kRowBytes];  // the KV ring
+    alignas(16) uint8_t p[kRows * kBlockN * 2];            // P of the current tile
+    float red_max[kSGroups][kRows];                        // per token group row maxima of the tile
+    float alpha[kRows];                                    // per row rescale factor of the tile
+    float red_sum[kSGroups][kRows];                        // per token group row sums (epilogue)
+    float row_max[kRows];                                  // final row maxima (epilogue)
+  };
+  static constexpr size_t kSmemBytes = sizeof(Smem);
 
   static_assert(kStages >= 2, "the KV ring needs at least two stages");
   static_assert(kWarps % kMTiles == 0 && kSTokens % 8 == 0, "S warps tile rows x tokens");

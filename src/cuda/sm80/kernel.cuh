@@ -26,6 +26,7 @@
 #include "core/problem.h"
 #include "cuda/common/decode_io.cuh"
 #include "cuda/common/elem.cuh"
+#include "cuda/common/launch.h"
 #include "cuda/common/ptx.cuh"
 #include "cuda/common/softmax.cuh"
 #include "cuda/sm80/config.h"
@@ -57,15 +58,15 @@ struct DecodeCta {
   int row0;  // first packed row of this CTA's row tile
   int rows;  // s_q * h_q
 
-  __device__ uint32_t q_addr() const { return ptx::smem_addr(smem); }
-  __device__ uint32_t kv_addr(int slot) const {
-    return ptx::smem_addr(smem + Cfg::kKvOffset + slot * Cfg::kStageBytes);
-  }
-  __device__ uint32_t p_addr() const { return ptx::smem_addr(smem + Cfg::kPOffset); }
-  __device__ float* red_max() const { return reinterpret_cast<float*>(smem + Cfg::kMaxOffset); }
-  __device__ float* alpha() const { return reinterpret_cast<float*>(smem + Cfg::kAlphaOffset); }
-  __device__ float* red_sum() const { return reinterpret_cast<float*>(smem + Cfg::kSumOffset); }
-  __device__ float* row_max() const { return reinterpret_cast<float*>(smem + Cfg::kRowMaxOffset); }
+  using Smem = typename Cfg::Smem;
+  __device__ Smem& sm() const { return *reinterpret_cast<Smem*>(smem); }
+  __device__ uint32_t q_addr() const { return ptx::smem_addr(sm().q); }
+  __device__ uint32_t kv_addr(int slot) const { return ptx::smem_addr(sm().kv[slot]); }
+  __device__ uint32_t p_addr() const { return ptx::smem_addr(sm().p); }
+  __device__ float* red_max() const { return &sm().red_max[0][0]; }
+  __device__ float* alpha() const { return sm().alpha; }
+  __device__ float* red_sum() const { return &sm().red_sum[0][0]; }
+  __device__ float* row_max() const { return sm().row_max; }
 
   __device__ auto q_chunk() const {
     const uint32_t base = q_addr();
@@ -182,11 +183,11 @@ struct DecodeCta {
 
       // ---- scale, mask, row max ----
       // Row i sees tile columns [0, lim[i]).
-      const int64_t tile_tok = tok_begin + static_cast<int64_t>(t) * Cfg::kBlockN;
       int lim[2];
 #pragma unroll
       for (int i = 0; i < 2; ++i) {
-        lim[i] = static_cast<int>(max(int64_t{0}, min(int64_t{Cfg::kBlockN}, vis[i] - tile_tok)));
+        lim[i] =
+            static_cast<int>(max(int64_t{0}, min(int64_t{Cfg::kBlockN}, vis[i] - tile_tok(t))));
       }
       float tile_max[2] = {-CUDART_INF_F, -CUDART_INF_F};
 #pragma unroll
@@ -223,7 +224,7 @@ struct DecodeCta {
           m[i] = m_new;
           if (group == 0 && c == 0) alpha()[rr] = a;
         }
-        uint8_t* p_tile = smem + Cfg::kPOffset;
+        uint8_t* p_tile = sm().p;
 #pragma unroll
         for (int nt = 0; nt < Cfg::kSNTiles; ++nt) {
 #pragma unroll
@@ -333,6 +334,12 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1)
                              static_cast<int>(blockIdx.y) * Cfg::kRows,
                              p.s_q * p.h_q};
   decode_io::run_partition<Cfg::kRows, Cfg::kThreads, Traits>(p, s, blockIdx.x, cta.row0, cta);
+}
+
+// The kernel of configuration Cfg, for launch_decode (common/launch.h).
+template <int kM, int kN, int kS, int kW, typename Traits>
+constexpr DecodeKernel kernel_of(Config<kM, kN, kS, kW>, Traits) {
+  return &decode_kernel<Config<kM, kN, kS, kW>, Traits>;
 }
 
 }  // namespace mla::cuda::sm80

@@ -18,6 +18,8 @@
 
 #include <cstddef>
 
+#include "cuda/common/elem.cuh"
+#include "cuda/registry.h"
 #include "mla/mla.h"
 
 namespace mla::cuda::sm90 {
@@ -49,4 +51,59 @@ struct Config {
   static_assert(kOCols == 256, "P V is one m64n256 wgmma per 16 tokens");
 };
 
+// Compile-time shape of the seesaw kernel. The latent (512) and RoPE (64) widths come from
+// mla.h; a KV element type other than 16-bit would change kKvSlabBytes and the load paths.
+struct SeesawConfig {
+  static constexpr int kRows = 64;    // query rows per CTA: the M of one wgmma
+  static constexpr int kBlockN = 64;  // tokens per tile (one ring slot)
+  static constexpr int kSlots = 2;
+  static constexpr int kLatentSlabs = kHeadDimV / 64;  // 8 slabs of 64 columns
+  static constexpr int kRopeSteps = kHeadDimRope / 16;  // 4 k-steps of S from registers
+  static constexpr int kSlabs = kHeadDimQK / 64;        // 9 slabs of a KV token row
+  static constexpr int kConsumerThreads = 256;
+  // + a producer warpgroup, of which one warp works: register reallocation (setmaxnreg) moves
+  // registers between whole warpgroups. Consumers need about 220 (O alone is 128).
+  static constexpr int kThreads = kConsumerThreads + 128;
+  static constexpr int kProducerWarp = kConsumerThreads / 32;
+  static constexpr int kProducerRegs = 40, kConsumerRegs = 232;
+  static_assert(kProducerRegs * 128 + kConsumerRegs * kConsumerThreads <= 65536, "register file");
+  static constexpr int kOCols = kHeadDimV / 2;  // output columns per warpgroup
+  static constexpr uint32_t kSlabBytes = kBlockN * 128;
+  static constexpr uint32_t kTileBytes = kSlabs * kSlabBytes;
+  static_assert(kRows == kBlockN, "Q and KV slabs share one descriptor stride");
+  static_assert(kHeadDimRope % 16 == 0 && kHeadDimV % 128 == 0, "widths in whole k-steps");
+
+  // Named barriers (0 is __syncthreads): all 256 consumers, the P_A / P_B hand-overs, and one
+  // per warpgroup for zeroing dead V rows.
+  static constexpr uint32_t kBarConsumers = 1, kBarPaReady = 2, kBarPbReady = 3, kBarPaFree = 4,
+                            kBarWarpGroup0 = 5;
+
+  struct Smem {
+    alignas(1024) uint8_t q[kLatentSlabs][kSlabBytes];  // Q latent columns, swizzled
+    alignas(1024) uint8_t kv[kSlots][kSlabs][kSlabBytes];
+    alignas(1024) uint8_t p[2][kRows * 128];  // P_A, P_B: one swizzled slab each
+    float row_max[2][kRows];                  // m_A, m_B
+    float row_scale[2][kRows];                // a_A, a_B
+    float row_sum[2][kRows];                  // each warpgroup's row sums, for the epilogue
+    uint64_t full[kSlots];
+    uint64_t empty[kSlots];
+    int32_t slot_bad[kSlots];  // the tile in the slot touched a page id outside the cache
+  };
+  // + 1024: the dynamic shared memory base is aligned up to the swizzle atom at run time.
+  static constexpr size_t kSmemBytes = sizeof(Smem) + 1024;
+};
+
 }  // namespace mla::cuda::sm90
+
+namespace mla::cuda {
+
+// The seesaw kernel takes the KV cache's tensor map besides the problem and the schedule, so its
+// launch is this specialisation (sm90/launch.cu), not the generic one of common/launch.h.
+template <>
+Status launch_decode<sm90::SeesawConfig, Bf16>(const detail::DecodeProblem&, const ScheduleView&,
+                                               cudaStream_t, bool);
+template <>
+Status launch_decode<sm90::SeesawConfig, Fp16>(const detail::DecodeProblem&, const ScheduleView&,
+                                               cudaStream_t, bool);
+
+}  // namespace mla::cuda

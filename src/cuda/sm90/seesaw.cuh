@@ -53,51 +53,10 @@
 #include "cuda/common/ptx.cuh"
 #include "cuda/common/softmax.cuh"
 #include "cuda/common/wgmma.cuh"
+#include "cuda/sm90/config.h"
 #include "cuda/workspace.h"
 
 namespace mla::cuda::sm90 {
-
-// Compile-time shape of the seesaw kernel. The latent (512) and RoPE (64) widths come from
-// mla.h; a KV element type other than 16-bit would change kKvSlabBytes and the load paths.
-struct SeesawConfig {
-  static constexpr int kRows = 64;    // query rows per CTA: the M of one wgmma
-  static constexpr int kBlockN = 64;  // tokens per tile (one ring slot)
-  static constexpr int kSlots = 2;
-  static constexpr int kLatentSlabs = kHeadDimV / 64;  // 8 slabs of 64 columns
-  static constexpr int kRopeSteps = kHeadDimRope / 16;  // 4 k-steps of S from registers
-  static constexpr int kSlabs = kHeadDimQK / 64;        // 9 slabs of a KV token row
-  static constexpr int kConsumerThreads = 256;
-  // + a producer warpgroup, of which one warp works: register reallocation (setmaxnreg) moves
-  // registers between whole warpgroups. Consumers need about 220 (O alone is 128).
-  static constexpr int kThreads = kConsumerThreads + 128;
-  static constexpr int kProducerWarp = kConsumerThreads / 32;
-  static constexpr int kProducerRegs = 40, kConsumerRegs = 232;
-  static_assert(kProducerRegs * 128 + kConsumerRegs * kConsumerThreads <= 65536, "register file");
-  static constexpr int kOCols = kHeadDimV / 2;  // output columns per warpgroup
-  static constexpr uint32_t kSlabBytes = kBlockN * 128;
-  static constexpr uint32_t kTileBytes = kSlabs * kSlabBytes;
-  static_assert(kRows == kBlockN, "Q and KV slabs share one descriptor stride");
-  static_assert(kHeadDimRope % 16 == 0 && kHeadDimV % 128 == 0, "widths in whole k-steps");
-
-  // Named barriers (0 is __syncthreads): all 256 consumers, the P_A / P_B hand-overs, and one
-  // per warpgroup for zeroing dead V rows.
-  static constexpr uint32_t kBarConsumers = 1, kBarPaReady = 2, kBarPbReady = 3, kBarPaFree = 4,
-                            kBarWarpGroup0 = 5;
-
-  struct Smem {
-    alignas(1024) uint8_t q[kLatentSlabs][kSlabBytes];  // Q latent columns, swizzled
-    alignas(1024) uint8_t kv[kSlots][kSlabs][kSlabBytes];
-    alignas(1024) uint8_t p[2][kRows * 128];  // P_A, P_B: one swizzled slab each
-    float row_max[2][kRows];                  // m_A, m_B
-    float row_scale[2][kRows];                // a_A, a_B
-    float row_sum[2][kRows];                  // each warpgroup's row sums, for the epilogue
-    uint64_t full[kSlots];
-    uint64_t empty[kSlots];
-    int32_t slot_bad[kSlots];  // the tile in the slot touched a page id outside the cache
-  };
-  // + 1024: the dynamic shared memory base is aligned up to the swizzle atom at run time.
-  static constexpr size_t kSmemBytes = sizeof(Smem) + 1024;
-};
 
 // Register reallocation between warpgroups (sm_90a): every thread of a warpgroup executes it.
 // https://docs.nvidia.com/cuda/parallel-thread-execution/#miscellaneous-instructions-setmaxnreg
@@ -656,6 +615,16 @@ __global__ void __launch_bounds__(SeesawConfig::kThreads, 1)
   // is read before the previous grid has completed.
   ptx::grid_dependency_wait();
   ptx::launch_dependents();
+  // Without a matching plan() the consumers write this CTA's rows of requests part,
+  // part + num_parts, ... as NaN (decode_io::run_partition) and nothing is loaded.
+  if (const unsigned long long key = decode_io::check_plan(p, s); key != kNoError) {
+    if (warp >= Cfg::kProducerWarp) return;
+    if (threadIdx.x == 0) decode_io::record_plan_error(s, key);
+    for (int32_t b = blockIdx.x; b < p.batch; b += s.num_parts) {
+      decode_io::write_empty<Cfg::kRows, Cfg::kConsumerThreads, Traits>(p, b, cta.row0, true);
+    }
+    return;
+  }
 
   if (warp >= Cfg::kProducerWarp) {
     setmaxnreg_dec<Cfg::kProducerRegs>();

@@ -1,7 +1,4 @@
-// Instance: 4x16 query rows, 64-token KV stages, 2 stages, 8 warps (see launch.cu).
-#include "cuda/sm80/launch_config.cuh"
+// Instance: 4x16 query rows, 64-token KV stages, 2 stages, 8 warps (registry.cu).
+#include "cuda/sm80/kernel.cuh"
 
-namespace mla::cuda::sm80 {
-template Status launch_config<Config<4, 64, 2, 8>>(const detail::DecodeProblem&,
-                                                   const ScheduleView&, cudaStream_t, bool);
-}  // namespace mla::cuda::sm80
+MLA_INSTANTIATE_DECODE(mla::cuda::sm80::Config<4, 64, 2, 8>)

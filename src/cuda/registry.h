@@ -1,0 +1,71 @@
+// The decode kernel registry: one table of every compiled decode kernel configuration
+// (registry.cu). The chooser, MLA_CUDA_KERNEL, `mla-decode kernels` (and through it
+// tools/gpu-check.sh --kernels all) and the GPU tests all iterate it. Adding a kernel is one
+// entry there plus the translation unit that instantiates its launch function.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cstddef>
+#include <string>
+#include <vector>
+
+#include "core/backends.h"
+#include "core/problem.h"
+#include "cuda/common/device.h"
+#include "cuda/workspace.h"
+
+namespace mla::cuda {
+
+// How the KV cache stores a token: today in q's 16-bit type; fp8 e4m3 with a scale later.
+enum class KvFormat { kSameAsQ };
+
+// Enqueues a decode kernel on a grid of (schedule.num_parts, ceil(s_q * h_q / rows_per_cta));
+// `pdl`: as a programmatic dependent launch (sm_90+).
+using LaunchFn = Status (*)(const detail::DecodeProblem& problem, const ScheduleView& schedule,
+                            cudaStream_t stream, bool pdl);
+
+// The launch of configuration Cfg for element type Traits (defined in common/launch.h, instantiated
+// by the configuration's instance file): a LaunchFn.
+template <typename Cfg, typename Traits>
+Status launch_decode(const detail::DecodeProblem& problem, const ScheduleView& schedule,
+                     cudaStream_t stream, bool pdl);
+
+// One compiled configuration for one element type. A configuration has one entry per element
+// type, under one name.
+struct KernelEntry {
+  const char* name;  // what MLA_CUDA_KERNEL accepts, e.g. "m4n64s2w8" or "sm90n64s2"
+  int arch;          // 80: sm_80 and newer; 90: sm_90a, compute capability 9.0 only
+  int rows_per_cta;  // packed query rows (s * h_q + h) one CTA serves
+  detail::ElemType elem;
+  KvFormat kv_format;
+  size_t smem_bytes;  // dynamic shared memory per CTA
+  int threads;        // per CTA
+  LaunchFn launch;
+
+  // Whether this entry can run on `info`'s device with at most `smem_limit` bytes a block.
+  bool runs_on(const DeviceInfo& info, size_t smem_limit) const;
+};
+
+// Every registered entry, in the chooser's order of preference among equal tile heights.
+const std::vector<KernelEntry>& kernel_registry();
+
+// The entry serving `rows` = s_q * h_q query rows of `elem` on `info`'s device within
+// `smem_limit` bytes of shared memory a block; with `only` (a registered name) that
+// configuration alone. nullptr when none fits.
+//
+// The rule: the Hopper (sm_90a) kernel on compute capability 9.0 for more than 32 rows; else
+// the portable kernel with the smallest tile height of 16, 32, 64 that holds the rows, then
+// taller tiles, then shorter ones, each in table order, the first that fits.
+const KernelEntry* choose_kernel(const DeviceInfo& info, int rows, detail::ElemType elem,
+                                 size_t smem_limit, const char* only);
+
+// The configuration override of tests and benchmarks (KernelOverride in core/backends.h). Read
+// from MLA_CUDA_KERNEL / MLA_CUDA_SMEM_LIMIT at the first call that needs it.
+struct ActiveOverride {
+  char kernel[32];    // empty: the chooser decides
+  size_t smem_limit;  // 0: the device's limit
+};
+ActiveOverride active_override();
+
+}  // namespace mla::cuda
