@@ -4,6 +4,7 @@
 #include <thread>
 
 #include "core/backends.h"
+#include "core/status.h"
 #include "core/validate.h"
 #include "mla/mla.h"
 
@@ -18,19 +19,18 @@ int resolve_threads(const ExecConfig& config) {
 
 Status check_config(const char* fn, const ExecConfig& config) {
   if (config.num_threads < 0) {
-    return Status(StatusCode::kInvalidArgument,
-                  std::string(fn) + ": argument 'config.num_threads': must be >= 0, got " +
-                      std::to_string(config.num_threads));
+    return detail::invalid_argument(fn, "config.num_threads", "must be >= 0, got ",
+                                    config.num_threads);
   }
   return Status();
 }
 
 // Runs `body`, turning an escaping exception (allocation failure) into a Status: nothing throws
-// across the API.
+// across the API. Every message leaves with the entry point's name in front.
 template <typename F>
 Status guarded(const char* fn, F&& body) {
   try {
-    return body();
+    return detail::with_context(fn, body());
   } catch (const std::bad_alloc&) {
     return Status(StatusCode::kInternal, std::string(fn) + ": out of host memory");
   } catch (const std::exception& e) {
@@ -43,7 +43,7 @@ Status required_workspace(const char* fn, const detail::DecodeProblem& problem, 
   const DecodeShape shape{problem.batch, problem.s_q, problem.h_q};
   if (device.type == DeviceType::kCUDA) {
     Status s = cuda::check_device(device.index);
-    if (!s.ok()) return Status(s.code(), std::string(fn) + ": " + s.message());
+    if (!s.ok()) return detail::with_context(fn, s);
     return cuda::workspace_size(shape, device.index, bytes);
   }
   // The reference needs no workspace.
@@ -53,18 +53,15 @@ Status required_workspace(const char* fn, const detail::DecodeProblem& problem, 
 
 Status check_workspace(const char* fn, Workspace ws, size_t required) {
   if (ws.bytes < required) {
-    return Status(StatusCode::kInvalidArgument,
-                  std::string(fn) + ": argument 'workspace': " + std::to_string(ws.bytes) +
-                      " bytes given, workspace_size() requires " + std::to_string(required));
+    return detail::invalid_argument(fn, "workspace", ws.bytes,
+                                    " bytes given, workspace_size() requires ", required);
   }
   if (required > 0 && ws.data == nullptr) {
-    return Status(StatusCode::kInvalidArgument,
-                  std::string(fn) + ": argument 'workspace': data pointer is null");
+    return detail::invalid_argument(fn, "workspace", "data pointer is null");
   }
-  if (reinterpret_cast<uintptr_t>(ws.data) % 256 != 0) {
-    return Status(
-        StatusCode::kInvalidArgument,
-        std::string(fn) + ": argument 'workspace': data pointer must be 256-byte aligned");
+  if (reinterpret_cast<uintptr_t>(ws.data) % kWorkspaceAlignment != 0) {
+    return detail::invalid_argument(fn, "workspace", "data pointer ", ws.data, " is not ",
+                                    kWorkspaceAlignment, "-byte aligned (kWorkspaceAlignment)");
   }
   return Status();
 }
@@ -181,20 +178,19 @@ Status workspace_size(const DecodeShape& shape, Device device, const ExecConfig&
   const char* fn = "mla::workspace_size";
   return guarded(fn, [&]() -> Status {
     if (bytes == nullptr) {
-      return Status(StatusCode::kInvalidArgument,
-                    std::string(fn) + ": argument 'bytes': null pointer");
+      return detail::invalid_argument(fn, "bytes", "null pointer");
     }
     if (Status s = check_config(fn, config); !s.ok()) return s;
     if (Status s = detail::validate_shape(fn, shape); !s.ok()) return s;
     if (device.type == DeviceType::kCUDA) {
       if (Status s = cuda::check_device(device.index); !s.ok()) {
-        return Status(s.code(), std::string(fn) + ": " + s.message());
+        return detail::with_context(fn, s);
       }
       return cuda::workspace_size(shape, device.index, bytes);
     }
     if (device.type != DeviceType::kCPU) {
-      return Status(StatusCode::kInvalidArgument,
-                    std::string(fn) + ": argument 'device': unknown device type");
+      return detail::invalid_argument(fn, "device", "unknown device type ",
+                                      static_cast<int>(device.type));
     }
     *bytes = cpu::workspace_size(shape, resolve_threads(config));
     return Status();
@@ -229,7 +225,7 @@ Status write_kv_cache(const KvCacheWriteParams& params, const ExecConfig& config
     if (problem.num_tokens == 0) return Status();
     if (device.type == DeviceType::kCUDA) {
       if (Status s = cuda::check_device(device.index); !s.ok()) {
-        return Status(s.code(), std::string(fn) + ": " + s.message());
+        return detail::with_context(fn, s);
       }
       return cuda::write_kv_cache(problem, config.stream);
     }
@@ -248,7 +244,7 @@ Status merge_states(const MergeParams& params, const ExecConfig& config) {
     if (problem.num_tokens == 0 || problem.num_heads == 0) return Status();
     if (device.type == DeviceType::kCUDA) {
       if (Status s = cuda::check_device(device.index); !s.ok()) {
-        return Status(s.code(), std::string(fn) + ": " + s.message());
+        return detail::with_context(fn, s);
       }
       return cuda::merge_states(problem, config.stream);
     }
