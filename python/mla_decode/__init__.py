@@ -36,9 +36,8 @@ HEAD_DIM_ROPE = _C.HEAD_DIM_ROPE
 MAX_HEADS_Q = _C.MAX_HEADS_Q
 MAX_SEQ_Q = _C.MAX_SEQ_Q
 MAX_PAGE_SIZE = _C.MAX_PAGE_SIZE
-
-# The library checks this alignment of the workspace pointer.
-_WORKSPACE_ALIGNMENT = 256
+# Required alignment (bytes) of a workspace's first byte; alloc_workspace() provides it.
+WORKSPACE_ALIGNMENT = _C.WORKSPACE_ALIGNMENT
 # DLPack device codes.
 _DL_CPU = 1
 _DL_CUDA = 2
@@ -136,10 +135,11 @@ def workspace_size(batch, s_q, h_q, *, device="cpu", num_threads=0):
 
 
 def alloc_workspace(like, batch, s_q, h_q, *, num_threads=0):
-    """A 256-byte-aligned uint8 workspace on like's device, allocated with like's framework."""
+    """A WORKSPACE_ALIGNMENT-byte-aligned uint8 workspace on like's device, allocated with like's
+    framework."""
     nbytes = workspace_size(batch, s_q, h_q, device=_device_string(like), num_threads=num_threads)
-    raw = _empty(like, (nbytes + _WORKSPACE_ALIGNMENT,), "uint8")
-    offset = -_C.data_ptr(raw) % _WORKSPACE_ALIGNMENT
+    raw = _empty(like, (nbytes + WORKSPACE_ALIGNMENT,), "uint8")
+    offset = -_C.data_ptr(raw) % WORKSPACE_ALIGNMENT
     return raw[offset : offset + nbytes]
 
 
@@ -319,6 +319,7 @@ __all__ = [
     "MAX_HEADS_Q",
     "MAX_PAGE_SIZE",
     "MAX_SEQ_Q",
+    "WORKSPACE_ALIGNMENT",
     "CudaError",
     "DataError",
     "InternalError",

@@ -26,12 +26,11 @@ from typing import List, Optional, Tuple
 import torch
 from torch import Tensor
 
-from . import _C, _query_shape
+from . import WORKSPACE_ALIGNMENT, _C, _query_shape
 from .errors import MlaError
 
 HEAD_DIM_QK = _C.HEAD_DIM_QK
 HEAD_DIM_V = _C.HEAD_DIM_V
-_WORKSPACE_ALIGNMENT = 256
 
 _cached_workspaces = {}  # torch.device -> uint8 Tensor
 _retired_workspaces: List[Tensor] = []  # kept alive: captured graphs may still use them
@@ -62,13 +61,13 @@ def workspace_size(batch: int, s_q: int, h_q: int, device="cuda") -> int:
 
 
 def _aligned_bytes(nbytes: int, device: torch.device) -> Tensor:
-    raw = torch.empty(nbytes + _WORKSPACE_ALIGNMENT, dtype=torch.uint8, device=device)
-    offset = -raw.data_ptr() % _WORKSPACE_ALIGNMENT
+    raw = torch.empty(nbytes + WORKSPACE_ALIGNMENT, dtype=torch.uint8, device=device)
+    offset = -raw.data_ptr() % WORKSPACE_ALIGNMENT
     return raw[offset : offset + nbytes]
 
 
 def alloc_workspace(batch: int, s_q: int, h_q: int, device="cuda") -> Tensor:
-    """A fresh workspace (uint8, 256-byte aligned) for decodes of up to these shapes."""
+    """A fresh workspace (uint8, WORKSPACE_ALIGNMENT-byte aligned) for decodes of up to these shapes."""
     device = _device(device)
     return _aligned_bytes(workspace_size(batch, s_q, h_q, device), device)
 

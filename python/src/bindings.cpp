@@ -327,6 +327,7 @@ NB_MODULE(_C, m) {
   m.attr("MAX_HEADS_Q") = mla::kMaxHeadsQ;
   m.attr("MAX_SEQ_Q") = mla::kMaxSeqQ;
   m.attr("MAX_PAGE_SIZE") = mla::kMaxPageSize;
+  m.attr("WORKSPACE_ALIGNMENT") = mla::kWorkspaceAlignment;
 
   m.def(
       "workspace_size",
