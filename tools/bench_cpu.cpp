@@ -116,8 +116,10 @@ BenchResult bench_workload(const BenchOptions& o, const BenchWorkload& w, int th
   config.num_threads = threads;
   size_t bytes = 0;
   Status s = workspace_size({w.batch, w.s_q, w.h_q}, Device{}, config, &bytes);
-  std::vector<uint8_t> raw(bytes + 256);
-  void* ws = reinterpret_cast<void*>((reinterpret_cast<uintptr_t>(raw.data()) + 255) / 256 * 256);
+  constexpr size_t kAlign = kWorkspaceAlignment;
+  std::vector<uint8_t> raw(bytes + kAlign);
+  void* ws = reinterpret_cast<void*>((reinterpret_cast<uintptr_t>(raw.data()) + kAlign - 1) /
+                                     kAlign * kAlign);
   const DecodeParams p = in.params(w, w.batch);
   r.time_us = median_us(o.warmup, o.iters, [&] {
     if (s.ok()) s = decode(p, Workspace{ws, bytes}, config);

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what a fresh Debian/Ubuntu machine lacks to build and test mla-decode: a C++17
-# compiler, CMake >= 3.25, GoogleTest and CLI11 (Debian packages). The CUDA toolkit is optional
-# and never installed here: with nvcc on PATH the CUDA backend is built too.
+# compiler, CMake >= 3.25, GoogleTest, CLI11 and clang-format 14, the version whose output the
+# tree is formatted to (Debian packages). The CUDA toolkit is optional and never installed here:
+# with nvcc on PATH the CUDA backend is built too.
 set -euo pipefail
 
 need=()
@@ -10,6 +11,7 @@ command -v cmake >/dev/null || need+=(cmake)
 command -v python3 >/dev/null || need+=(python3 python3-pip python3-venv)
 [ -f /usr/include/gtest/gtest.h ] || need+=(libgtest-dev)
 [ -f /usr/include/CLI/CLI.hpp ] || need+=(libcli11-dev)
+command -v clang-format-14 >/dev/null || need+=(clang-format-14)
 if [ ${#need[@]} -gt 0 ]; then
   echo "setup: installing ${need[*]}"
   sudo_cmd=""

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The test job: set up, then
+# The test job: set up, check the formatting of every tracked C/C++/CUDA file (clang-format 14
+# with the repository's .clang-format), then
 #   1. Release build (CUDA compiled when nvcc is present) with warnings as errors, ctest
 #      (GPU tests skip without a device);
 #      then install it and build examples/cpp against the installed package;
@@ -19,6 +20,11 @@ if grep -rnE '#include <(sstream|iostream|ostream|fstream)>' src/; then
   echo "error: iostreams in src/; format messages with std::string / snprintf" >&2
   exit 1
 fi
+
+echo "== formatting: clang-format-14 --dry-run --Werror on tracked C/C++/CUDA files"
+# Any difference fails the job; fix with: git ls-files <same patterns> | xargs clang-format-14 -i
+git ls-files -z -- '*.h' '*.hpp' '*.cpp' '*.cc' '*.cu' '*.cuh' |
+  xargs -0 clang-format-14 --dry-run --Werror
 
 echo "== release build and tests"
 cmake --preset ci

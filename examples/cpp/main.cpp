@@ -28,9 +28,11 @@ int main() {
   mla::ExecConfig config;  // CPU, all cores; set config.stream for CUDA tensors
   size_t bytes = 0;
   mla::Status s = mla::workspace_size({batch, s_q, h_q}, mla::Device{}, config, &bytes);
-  std::vector<std::byte> storage(bytes + 256);
-  void* ws = reinterpret_cast<void*>((reinterpret_cast<uintptr_t>(storage.data()) + 255) &
-                                     ~uintptr_t{255});
+  // The workspace pointer must be mla::kWorkspaceAlignment-byte aligned.
+  constexpr size_t kAlign = mla::kWorkspaceAlignment;
+  std::vector<std::byte> storage(bytes + kAlign);
+  void* ws = reinterpret_cast<void*>((reinterpret_cast<uintptr_t>(storage.data()) + kAlign - 1) /
+                                     kAlign * kAlign);
   if (s.ok()) s = mla::decode(p, mla::Workspace{ws, bytes}, config);
   if (!s.ok()) {
     std::fprintf(stderr, "%s\n", s.message().c_str());

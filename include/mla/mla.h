@@ -28,6 +28,9 @@ inline constexpr int kMaxHeadsQ = 128;
 inline constexpr int kMaxSeqQ = 16;
 /// Largest page size (tokens per KV page); every power of two from 1 to this is accepted.
 inline constexpr int kMaxPageSize = 256;
+/// Required alignment, in bytes, of Workspace::data on every device (the CUDA workspace's
+/// sections start on 256-byte boundaries; the CPU's on 64-byte cache lines).
+inline constexpr size_t kWorkspaceAlignment = 256;
 
 /// Element types. Values match nothing external; use the names.
 enum class DType : int32_t { kBFloat16, kFloat16, kFloat32, kInt32, kInt64 };
@@ -99,6 +102,8 @@ class Status {
 ///   out[b,s,h,:] = softmax(logits) @ K[b,0:visible,0:512];  lse[b,s,h] = ln(sum_j exp(logits[j]))
 /// where K[b,j] is row j % page_size of page block_table[b, j / page_size].
 /// Empty rows (visible <= 0, e.g. seq_lens[b] == 0 for CUDA-graph padding): out = 0, lse = -inf.
+/// out and lse must not share memory with any other argument (their address ranges must be
+/// disjoint); a call that breaks this is rejected.
 struct DecodeParams {
   TensorView q;            ///< [B, S, H, 576] bf16/fp16; or q_nope [B, S, H, 512] when q_pe is set.
   TensorView q_pe;         ///< Optional [B, S, H, 64], same dtype as q.
@@ -121,7 +126,8 @@ struct DecodeShape {
 };
 
 /// Scratch memory for one decode step: split-KV partials, the schedule and error flags.
-/// On the device of the call. Its contents before a call never influence results.
+/// On the device of the call, `kWorkspaceAlignment`-byte aligned (cudaMalloc's and torch's
+/// allocations are). Its contents before a call never influence results.
 struct Workspace {
   void* data = nullptr;
   size_t bytes = 0;

@@ -36,9 +36,8 @@ HEAD_DIM_ROPE = _C.HEAD_DIM_ROPE
 MAX_HEADS_Q = _C.MAX_HEADS_Q
 MAX_SEQ_Q = _C.MAX_SEQ_Q
 MAX_PAGE_SIZE = _C.MAX_PAGE_SIZE
-
-# The library checks this alignment of the workspace pointer.
-_WORKSPACE_ALIGNMENT = 256
+# Required alignment (bytes) of a workspace's first byte; alloc_workspace() provides it.
+WORKSPACE_ALIGNMENT = _C.WORKSPACE_ALIGNMENT
 # DLPack device codes.
 _DL_CPU = 1
 _DL_CUDA = 2
@@ -52,6 +51,14 @@ def cuda_available_in_build():
 def cuda_device_count():
     """Number of CUDA devices usable now (0 without a driver, a device or the CUDA backend)."""
     return _C.cuda_device_count()
+
+
+def _require(fn, **arrays):
+    """Raise InvalidArgumentError naming the first required array argument given as None (the
+    extension would otherwise raise a TypeError listing its whole signature)."""
+    for name, value in arrays.items():
+        if value is None:
+            raise InvalidArgumentError(f"{fn}: argument '{name}': is required but None was given")
 
 
 def _framework(x):
@@ -136,10 +143,11 @@ def workspace_size(batch, s_q, h_q, *, device="cpu", num_threads=0):
 
 
 def alloc_workspace(like, batch, s_q, h_q, *, num_threads=0):
-    """A 256-byte-aligned uint8 workspace on like's device, allocated with like's framework."""
+    """A WORKSPACE_ALIGNMENT-byte-aligned uint8 workspace on like's device, allocated with like's
+    framework."""
     nbytes = workspace_size(batch, s_q, h_q, device=_device_string(like), num_threads=num_threads)
-    raw = _empty(like, (nbytes + _WORKSPACE_ALIGNMENT,), "uint8")
-    offset = -_C.data_ptr(raw) % _WORKSPACE_ALIGNMENT
+    raw = _empty(like, (nbytes + WORKSPACE_ALIGNMENT,), "uint8")
+    offset = -_C.data_ptr(raw) % WORKSPACE_ALIGNMENT
     return raw[offset : offset + nbytes]
 
 
@@ -185,6 +193,7 @@ def decode(
     with the same shapes; allocated per call when None. num_threads and reference apply to the
     CPU (reference=True runs the double-precision reference implementation).
     """
+    _require("mla::decode", q=q, kv_cache=kv_cache, block_table=block_table, seq_lens=seq_lens)
     batch, s_q, h_q = _query_shape("mla::decode", q)
     lse_given = lse is not None
     if out is None:
@@ -233,6 +242,15 @@ def plan(
     """Compute one step's split-KV schedule from seq_lens into `workspace` (on the device, no
     host synchronisation); every layer of the step can then share it via decode_planned().
     Takes decode()'s arguments, all of which are validated; out and lse are not written."""
+    _require(
+        "mla::plan",
+        q=q,
+        kv_cache=kv_cache,
+        block_table=block_table,
+        seq_lens=seq_lens,
+        out=out,
+        workspace=workspace,
+    )
     _C.plan(
         q,
         kv_cache,
@@ -266,6 +284,15 @@ def decode_planned(
 ):
     """decode() with the schedule that the last plan() on `workspace` computed; seq_lens and
     the shapes must be those plan() saw. Returns out, or (out, lse) when lse is given."""
+    _require(
+        "mla::decode_planned",
+        q=q,
+        kv_cache=kv_cache,
+        block_table=block_table,
+        seq_lens=seq_lens,
+        out=out,
+        workspace=workspace,
+    )
     _C.decode_planned(
         q,
         kv_cache,
@@ -287,6 +314,7 @@ def check_data_errors(workspace, *, stream=None):
     """Raise DataError naming the first bad request if the device found out-of-range seq_lens or
     block_table entries since the last plan on `workspace` (those rows were written as NaN).
     Synchronises the stream on CUDA. On the CPU, decode() rejects bad data up front."""
+    _require("mla::check_data_errors", workspace=workspace)
     _C.check_data_errors(workspace, stream=_stream(workspace, stream))
 
 
@@ -294,6 +322,9 @@ def write_kv_cache(kv_c, k_pe, slot_mapping, kv_cache, *, stream=None):
     """kv_cache[slot // page_size, slot % page_size] = concat(kv_c[t], k_pe[t]) for each token t
     with slot = slot_mapping[t] != -1 (padding). kv_c: [T, 512], k_pe: [T, 64], slot_mapping:
     [T] int64, kv_cache: [num_pages, page_size, 576] of kv_c's dtype, written in place."""
+    _require(
+        "mla::write_kv_cache", kv_c=kv_c, k_pe=k_pe, slot_mapping=slot_mapping, kv_cache=kv_cache
+    )
     _C.write_kv_cache(kv_c, k_pe, slot_mapping, kv_cache, stream=_stream(kv_cache, stream))
 
 
@@ -303,6 +334,7 @@ def merge_states(out_a, lse_a, out_b, lse_b, *, out=None, lse=None, stream=None)
     out_*: [T, H, D] bf16/fp16/fp32, lse_*: [T, H] float32 (any strides). -inf marks an empty
     part, which contributes nothing; both empty gives out = 0, lse = -inf. Returns (out, lse).
     """
+    _require("mla::merge_states", out_a=out_a, lse_a=lse_a, out_b=out_b, lse_b=lse_b)
     shape = tuple(getattr(out_a, "shape", ()))
     if out is None:
         out = _empty(out_a, shape)
@@ -319,6 +351,7 @@ __all__ = [
     "MAX_HEADS_Q",
     "MAX_PAGE_SIZE",
     "MAX_SEQ_Q",
+    "WORKSPACE_ALIGNMENT",
     "CudaError",
     "DataError",
     "InternalError",

@@ -26,12 +26,11 @@ from typing import List, Optional, Tuple
 import torch
 from torch import Tensor
 
-from . import _C, _query_shape
+from . import WORKSPACE_ALIGNMENT, _C, _query_shape, _require
 from .errors import MlaError
 
 HEAD_DIM_QK = _C.HEAD_DIM_QK
 HEAD_DIM_V = _C.HEAD_DIM_V
-_WORKSPACE_ALIGNMENT = 256
 
 _cached_workspaces = {}  # torch.device -> uint8 Tensor
 _retired_workspaces: List[Tensor] = []  # kept alive: captured graphs may still use them
@@ -62,13 +61,14 @@ def workspace_size(batch: int, s_q: int, h_q: int, device="cuda") -> int:
 
 
 def _aligned_bytes(nbytes: int, device: torch.device) -> Tensor:
-    raw = torch.empty(nbytes + _WORKSPACE_ALIGNMENT, dtype=torch.uint8, device=device)
-    offset = -raw.data_ptr() % _WORKSPACE_ALIGNMENT
+    raw = torch.empty(nbytes + WORKSPACE_ALIGNMENT, dtype=torch.uint8, device=device)
+    offset = -raw.data_ptr() % WORKSPACE_ALIGNMENT
     return raw[offset : offset + nbytes]
 
 
 def alloc_workspace(batch: int, s_q: int, h_q: int, device="cuda") -> Tensor:
-    """A fresh workspace (uint8, 256-byte aligned) for decodes of up to these shapes."""
+    """A fresh workspace (uint8, WORKSPACE_ALIGNMENT-byte aligned) for decodes of up to these
+    shapes."""
     device = _device(device)
     return _aligned_bytes(workspace_size(batch, s_q, h_q, device), device)
 
@@ -273,6 +273,7 @@ def decode(
 ):
     """MLA decode (see mla_decode.decode for shapes and semantics). Returns out, or (out, lse)
     when return_lse is true or lse is given. Empty rows give out = 0 and lse = -inf."""
+    _require("mla::decode", q=q, kv_cache=kv_cache, block_table=block_table, seq_lens=seq_lens)
     lse_given = lse is not None
     out, lse = _outputs(q, out, lse, return_lse)
     torch.ops.mla_decode.decode(
@@ -305,6 +306,15 @@ def plan(
 ) -> None:
     """Compute one step's split-KV schedule into `workspace`, for decode_planned() calls of every
     layer of the step (same seq_lens and shapes). out and lse are validated, not written."""
+    _require(
+        "mla::plan",
+        q=q,
+        kv_cache=kv_cache,
+        block_table=block_table,
+        seq_lens=seq_lens,
+        out=out,
+        workspace=workspace,
+    )
     torch.ops.mla_decode.plan(
         q,
         q_pe,
@@ -334,6 +344,14 @@ def decode_planned(
     return_lse: bool = False,
 ):
     """decode() with the schedule that the last plan() on `workspace` computed."""
+    _require(
+        "mla::decode_planned",
+        q=q,
+        kv_cache=kv_cache,
+        block_table=block_table,
+        seq_lens=seq_lens,
+        workspace=workspace,
+    )
     lse_given = lse is not None
     out, lse = _outputs(q, out, lse, return_lse)
     torch.ops.mla_decode.decode_planned(
@@ -353,6 +371,9 @@ def decode_planned(
 
 def write_kv_cache(kv_c: Tensor, k_pe: Tensor, slot_mapping: Tensor, kv_cache: Tensor) -> None:
     """vLLM's concat_and_cache_mla: kv_cache[slot] = concat(kv_c[t], k_pe[t]); slot -1 skipped."""
+    _require(
+        "mla::write_kv_cache", kv_c=kv_c, k_pe=k_pe, slot_mapping=slot_mapping, kv_cache=kv_cache
+    )
     torch.ops.mla_decode.write_kv_cache(kv_c, k_pe, slot_mapping, kv_cache)
 
 
@@ -367,6 +388,7 @@ def merge_states(
 ) -> Tuple[Tensor, Tensor]:
     """Merge two partial results by their natural-log LSEs (-inf = empty part). out_*: [T, H, D],
     lse_*: [T, H] float32, any strides. Returns (out, lse)."""
+    _require("mla::merge_states", out_a=out_a, lse_a=lse_a, out_b=out_b, lse_b=lse_b)
     if out is None:
         out = torch.empty_like(out_a, memory_format=torch.contiguous_format)
     if lse is None:
@@ -401,6 +423,13 @@ def flash_mla_with_kvcache(
     tile_scheduler_metadata and num_splits are accepted and ignored: the schedule is computed on
     the device. Unlike FlashMLA, rows with nothing visible get lse = -inf (FlashMLA: +inf).
     """
+    _require(
+        "flash_mla_with_kvcache",
+        q=q,
+        k_cache=k_cache,
+        block_table=block_table,
+        cache_seqlens=cache_seqlens,
+    )
     if head_dim_v != HEAD_DIM_V:
         raise ValueError(
             f"flash_mla_with_kvcache: head_dim_v must be {HEAD_DIM_V}, got {head_dim_v}"

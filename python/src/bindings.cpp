@@ -108,7 +108,9 @@ bool same_device(mla::Device a, mla::Device b) {
 }
 
 // The arrays of one call: imports them (keeping each alive until the call returns) and turns
-// them into views. Errors name the argument as the library does ("fn: argument 'name': ...").
+// them into views. Required array arguments are bound with .none() so that None reaches
+// import_array() and raises InvalidArgumentError naming the argument, not nanobind's TypeError.
+// Errors name the argument as the library does ("fn: argument 'name': ...").
 class Call {
  public:
   explicit Call(const char* fn) : fn_(fn) {}
@@ -310,10 +312,11 @@ void bind_decode_stage(nb::module_& m, const char* name, Stage stage, const char
         decode_stage(stage, q, kv_cache, block_table, seq_lens, softmax_scale, out, workspace, q_pe,
                      lse, causal, num_threads, reference, stream);
       },
-      nb::arg("q"), nb::arg("kv_cache"), nb::arg("block_table"), nb::arg("seq_lens"),
-      nb::arg("softmax_scale"), nb::arg("out"), nb::arg("workspace"), nb::kw_only(),
-      nb::arg("q_pe") = nb::none(), nb::arg("lse") = nb::none(), nb::arg("causal") = false,
-      nb::arg("num_threads") = 0, nb::arg("reference") = false, nb::arg("stream") = 0, doc);
+      nb::arg("q").none(), nb::arg("kv_cache").none(), nb::arg("block_table").none(),
+      nb::arg("seq_lens").none(), nb::arg("softmax_scale"), nb::arg("out").none(),
+      nb::arg("workspace").none(), nb::kw_only(), nb::arg("q_pe") = nb::none(),
+      nb::arg("lse") = nb::none(), nb::arg("causal") = false, nb::arg("num_threads") = 0,
+      nb::arg("reference") = false, nb::arg("stream") = 0, doc);
 }
 
 }  // namespace
@@ -327,6 +330,7 @@ NB_MODULE(_C, m) {
   m.attr("MAX_HEADS_Q") = mla::kMaxHeadsQ;
   m.attr("MAX_SEQ_Q") = mla::kMaxSeqQ;
   m.attr("MAX_PAGE_SIZE") = mla::kMaxPageSize;
+  m.attr("WORKSPACE_ALIGNMENT") = mla::kWorkspaceAlignment;
 
   m.def(
       "workspace_size",
@@ -366,7 +370,7 @@ NB_MODULE(_C, m) {
         }
         check(status);
       },
-      nb::arg("workspace"), nb::kw_only(), nb::arg("stream") = 0,
+      nb::arg("workspace").none(), nb::kw_only(), nb::arg("stream") = 0,
       "Raise DataError if the device found bad seq_lens / block_table data since the last plan.");
 
   m.def(
@@ -386,8 +390,8 @@ NB_MODULE(_C, m) {
         }
         check(status);
       },
-      nb::arg("kv_c"), nb::arg("k_pe"), nb::arg("slot_mapping"), nb::arg("kv_cache"), nb::kw_only(),
-      nb::arg("stream") = 0,
+      nb::arg("kv_c").none(), nb::arg("k_pe").none(), nb::arg("slot_mapping").none(),
+      nb::arg("kv_cache").none(), nb::kw_only(), nb::arg("stream") = 0,
       "Scatter new tokens into the paged cache by slot_mapping (-1 = padding, skipped).");
 
   m.def(
@@ -409,8 +413,9 @@ NB_MODULE(_C, m) {
         }
         check(status);
       },
-      nb::arg("out_a"), nb::arg("lse_a"), nb::arg("out_b"), nb::arg("lse_b"), nb::arg("out"),
-      nb::kw_only(), nb::arg("lse") = nb::none(), nb::arg("stream") = 0,
+      nb::arg("out_a").none(), nb::arg("lse_a").none(), nb::arg("out_b").none(),
+      nb::arg("lse_b").none(), nb::arg("out").none(), nb::kw_only(), nb::arg("lse") = nb::none(),
+      nb::arg("stream") = 0,
       "Merge two partial attention results by their natural-log LSEs (-inf = empty part).");
 
   m.def(
@@ -420,7 +425,8 @@ NB_MODULE(_C, m) {
         mla::Device device;
         return reinterpret_cast<uintptr_t>(call.buffer("array", array, nullptr, &device).data);
       },
-      nb::arg("array"), "Address of a densely packed array's first byte, as the library sees it.");
+      nb::arg("array").none(),
+      "Address of a densely packed array's first byte, as the library sees it.");
 
   m.def("cuda_available_in_build", &mla::cuda_available_in_build,
         "Whether this build has the CUDA backend compiled in.");

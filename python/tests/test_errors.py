@@ -205,3 +205,115 @@ def test_merge_and_write_errors_name_the_argument():
             np.zeros(1, np.int64),
             cache,
         )
+
+
+def _none_cases():
+    """(entry point, call taking the argument to replace with None, argument names)."""
+    args = valid_call()
+    ws = mla_decode.alloc_workspace(args["q"], 2, 1, 4)
+    decode_args = {k: args[k] for k in ("q", "kv_cache", "block_table", "seq_lens")}
+
+    def decode(**over):
+        a = {**decode_args, **over}
+        return mla_decode.decode(a["q"], a["kv_cache"], a["block_table"], a["seq_lens"], 0.1)
+
+    def planned(fn):
+        def call(**over):
+            a = {**decode_args, "out": args["out"], "workspace": ws, **over}
+            return fn(
+                a["q"],
+                a["kv_cache"],
+                a["block_table"],
+                a["seq_lens"],
+                0.1,
+                out=a["out"],
+                workspace=a["workspace"],
+            )
+
+        return call
+
+    kv = {
+        "kv_c": np.zeros((1, 512), np.float16),
+        "k_pe": np.zeros((1, 64), np.float16),
+        "slot_mapping": np.zeros(1, np.int64),
+        "kv_cache": np.zeros((2, 4, 576), np.float16),
+    }
+
+    def write(**over):
+        a = {**kv, **over}
+        return mla_decode.write_kv_cache(a["kv_c"], a["k_pe"], a["slot_mapping"], a["kv_cache"])
+
+    merge = {
+        "out_a": np.zeros((2, 3, 8), np.float32),
+        "lse_a": np.zeros((2, 3), np.float32),
+        "out_b": np.zeros((2, 3, 8), np.float32),
+        "lse_b": np.zeros((2, 3), np.float32),
+    }
+
+    def merge_call(**over):
+        a = {**merge, **over}
+        return mla_decode.merge_states(a["out_a"], a["lse_a"], a["out_b"], a["lse_b"])
+
+    def check(**over):
+        return mla_decode.check_data_errors(over.get("workspace", ws))
+
+    return [
+        ("mla::decode", decode, ["q", "kv_cache", "block_table", "seq_lens"]),
+        (
+            "mla::plan",
+            planned(mla_decode.plan),
+            ["q", "kv_cache", "block_table", "seq_lens", "out", "workspace"],
+        ),
+        (
+            "mla::decode_planned",
+            planned(mla_decode.decode_planned),
+            ["q", "kv_cache", "block_table", "seq_lens", "out", "workspace"],
+        ),
+        ("mla::check_data_errors", check, ["workspace"]),
+        ("mla::write_kv_cache", write, list(kv)),
+        ("mla::merge_states", merge_call, list(merge)),
+    ]
+
+
+@pytest.mark.parametrize(
+    "fn,call,name",
+    [(fn, call, name) for fn, call, names in _none_cases() for name in names],
+    ids=[f"{fn}-{name}" for fn, _, names in _none_cases() for name in names],
+)
+def test_none_for_a_required_array_names_it(fn, call, name):
+    with pytest.raises(mla_decode.InvalidArgumentError) as info:
+        call(**{name: None})
+    message = str(info.value)
+    assert message.startswith(fn + ": "), message
+    assert f"argument '{name}'" in message and "None" in message, message
+
+
+def test_extension_reports_none_by_name():
+    """The extension itself (not only the Python layer) names a None argument."""
+    from mla_decode import _C
+
+    args = valid_call()
+    ws = mla_decode.alloc_workspace(args["q"], 2, 1, 4)
+    positional = [args["q"], args["kv_cache"], args["block_table"], args["seq_lens"], 0.1]
+    for index, name in [(0, "q"), (1, "kv_cache"), (2, "block_table"), (3, "seq_lens")]:
+        call = list(positional)
+        call[index] = None
+        with pytest.raises(mla_decode.InvalidArgumentError, match=f"'{name}'.*None"):
+            _C.decode(*call, args["out"], ws)
+    with pytest.raises(mla_decode.InvalidArgumentError, match="'out'.*None"):
+        _C.decode(*positional, None, ws)
+    with pytest.raises(mla_decode.InvalidArgumentError, match="'workspace'.*None"):
+        _C.decode(*positional, args["out"], None)
+    a = np.zeros((2, 3, 8), np.float32)
+    lse = np.zeros((2, 3), np.float32)
+    with pytest.raises(mla_decode.InvalidArgumentError, match="'out'.*None"):
+        _C.merge_states(a, lse, a, lse, None)
+    with pytest.raises(mla_decode.InvalidArgumentError, match="'kv_cache'.*None"):
+        _C.write_kv_cache(
+            np.zeros((1, 512), np.float16),
+            np.zeros((1, 64), np.float16),
+            np.zeros(1, np.int64),
+            None,
+        )
+    with pytest.raises(mla_decode.InvalidArgumentError, match="'workspace'.*None"):
+        _C.check_data_errors(None)

@@ -141,6 +141,25 @@ def test_errors_surface_from_the_op(device):
 
 
 @pytest.mark.parametrize("device", DEVICES)
+def test_none_for_a_required_tensor_names_it(device):
+    case = make_decode_case(np.random.default_rng(36), "bfloat16", [5], 1, 4, 4)
+    q, kv, bt, sl = tensors(case, device)
+    args = {"q": q, "kv_cache": kv, "block_table": bt, "seq_lens": sl}
+    for name in args:
+        call = {**args, name: None}
+        pattern = f"mla::decode: argument '{name}'"
+        with pytest.raises(mla_decode.InvalidArgumentError, match=pattern):
+            mt.decode(**call, softmax_scale=case.softmax_scale)
+    lse = torch.zeros(2, 3)
+    with pytest.raises(mla_decode.InvalidArgumentError, match="argument 'lse_b'"):
+        mt.merge_states(torch.zeros(2, 3, 8), lse, torch.zeros(2, 3, 8), None)
+    with pytest.raises(mla_decode.InvalidArgumentError, match="argument 'kv_cache'"):
+        mt.write_kv_cache(kv[0, :1, :512], kv[0, :1, 512:], torch.zeros(1, dtype=torch.long), None)
+    with pytest.raises(mla_decode.InvalidArgumentError, match="argument 'k_cache'"):
+        mt.flash_mla_with_kvcache(q, None, bt, sl, 512)
+
+
+@pytest.mark.parametrize("device", DEVICES)
 def test_write_kv_cache_and_merge_states(device):
     rng = np.random.default_rng(36)
     cache = torch.full((4, 8, 576), float("nan"), dtype=torch.bfloat16, device=device)

@@ -19,19 +19,18 @@ int resolve_threads(const ExecConfig& config) {
 
 Status check_config(const char* fn, const ExecConfig& config) {
   if (config.num_threads < 0) {
-    return Status(StatusCode::kInvalidArgument,
-                  std::string(fn) + ": argument 'config.num_threads': must be >= 0, got " +
-                      std::to_string(config.num_threads));
+    return detail::invalid_argument(fn, "config.num_threads", "must be >= 0, got ",
+                                    config.num_threads);
   }
   return Status();
 }
 
 // Runs `body`, turning an escaping exception (allocation failure) into a Status: nothing throws
-// across the API.
+// across the API. Every message leaves with the entry point's name in front.
 template <typename F>
 Status guarded(const char* fn, F&& body) {
   try {
-    return body();
+    return detail::with_context(fn, body());
   } catch (const std::bad_alloc&) {
     return Status(StatusCode::kInternal, std::string(fn) + ": out of host memory");
   } catch (const std::exception& e) {
@@ -145,16 +144,15 @@ Status workspace_size(const DecodeShape& shape, Device device, const ExecConfig&
   const char* fn = "mla::workspace_size";
   return guarded(fn, [&]() -> Status {
     if (bytes == nullptr) {
-      return Status(StatusCode::kInvalidArgument,
-                    std::string(fn) + ": argument 'bytes': null pointer");
+      return detail::invalid_argument(fn, "bytes", "null pointer");
     }
     if (Status s = check_config(fn, config); !s.ok()) return s;
     if (Status s = detail::validate_shape(fn, shape); !s.ok()) return s;
     if (device.type == DeviceType::kCUDA)
       return cuda::workspace_size(fn, shape, device.index, bytes);
     if (device.type != DeviceType::kCPU) {
-      return Status(StatusCode::kInvalidArgument,
-                    std::string(fn) + ": argument 'device': unknown device type");
+      return detail::invalid_argument(fn, "device", "unknown device type ",
+                                      static_cast<int>(device.type));
     }
     *bytes = cpu::workspace_size(shape, resolve_threads(config));
     return Status();

@@ -9,13 +9,23 @@
 #include <vector>
 
 #include "core/decoder_backend.h"
+#include "core/status.h"
 
 namespace mla {
 namespace {
 
-Status invalid(const char* fn, const char* arg, const std::string& message) {
-  return Status(StatusCode::kInvalidArgument,
-                std::string(fn) + ": argument '" + arg + "': " + message);
+using detail::invalid_argument;
+using detail::with_context;
+
+// A status of mla::plan / decode_planned / check_data_errors, reported as the Decoder method's:
+// "mla::plan: argument 'q': ..." becomes "mla::Decoder::decode: argument 'q': ...".
+Status as_method(const char* method, const char* inner, const Status& s) {
+  if (s.ok()) return s;
+  const std::string prefix = std::string(inner) + ": ";
+  if (s.message().compare(0, prefix.size(), prefix) == 0) {
+    return Status(s.code(), std::string(method) + ": " + s.message().substr(prefix.size()));
+  }
+  return with_context(method, s);
 }
 
 // CPU: the "device" metadata is host memory the step is written into directly.
@@ -27,7 +37,7 @@ class HostMemory final : public detail::DecoderMemory {
         metadata_(metadata_bytes / sizeof(int32_t)) {}
 
   Workspace workspace() const override {
-    // decode() requires 256-byte alignment; vector storage guarantees only max_align_t.
+    // decode() requires kWorkspaceAlignment; vector storage guarantees only max_align_t.
     const uintptr_t base = reinterpret_cast<uintptr_t>(workspace_storage_.data());
     const uintptr_t aligned = (base + kAlign - 1) / kAlign * kAlign;
     return Workspace{reinterpret_cast<void*>(aligned), workspace_bytes_};
@@ -40,7 +50,7 @@ class HostMemory final : public detail::DecoderMemory {
   Status upload(size_t, void*) override { return Status(); }
 
  private:
-  static constexpr size_t kAlign = 256;
+  static constexpr size_t kAlign = kWorkspaceAlignment;
   std::vector<unsigned char> workspace_storage_;
   size_t workspace_bytes_;
   std::vector<int32_t> metadata_;
@@ -69,21 +79,22 @@ const DecoderConfig& Decoder::config() const { return impl_->config; }
 
 Status Decoder::create(const DecoderConfig& config, std::unique_ptr<Decoder>* decoder) {
   const char* fn = "mla::Decoder::create";
-  if (decoder == nullptr) return invalid(fn, "decoder", "null pointer");
+  if (decoder == nullptr) return invalid_argument(fn, "decoder", "null pointer");
   constexpr int64_t kInt32Max = std::numeric_limits<int32_t>::max();
   if (config.max_batch < 1 || config.max_batch > kInt32Max) {
-    return invalid(fn, "config.max_batch",
-                   "must be in [1, 2^31 - 1], got " + std::to_string(config.max_batch));
+    return invalid_argument(fn, "config.max_batch",
+                            "must be in [1, 2^31 - 1], got " + std::to_string(config.max_batch));
   }
   if (config.max_pages_per_seq < 1 || config.max_pages_per_seq > kInt32Max) {
-    return invalid(fn, "config.max_pages_per_seq",
-                   "must be in [1, 2^31 - 1], got " + std::to_string(config.max_pages_per_seq));
+    return invalid_argument(
+        fn, "config.max_pages_per_seq",
+        "must be in [1, 2^31 - 1], got " + std::to_string(config.max_pages_per_seq));
   }
   if (config.max_batch * config.max_pages_per_seq > kInt32Max) {
-    return invalid(fn, "config.max_pages_per_seq",
-                   "max_batch * max_pages_per_seq = " +
-                       std::to_string(config.max_batch * config.max_pages_per_seq) +
-                       " block-table entries exceed 2^31 - 1");
+    return invalid_argument(fn, "config.max_pages_per_seq",
+                            "max_batch * max_pages_per_seq = " +
+                                std::to_string(config.max_batch * config.max_pages_per_seq) +
+                                " block-table entries exceed 2^31 - 1");
   }
   ExecConfig exec;
   exec.num_threads = config.num_threads;
@@ -91,7 +102,7 @@ Status Decoder::create(const DecoderConfig& config, std::unique_ptr<Decoder>* de
   if (Status s = workspace_size(DecodeShape{config.max_batch, config.s_q, config.h_q},
                                 config.device, exec, &workspace_bytes);
       !s.ok()) {
-    return Status(s.code(), std::string(fn) + ": " + s.message());
+    return with_context(fn, s);
   }
   const int64_t table_offset = (config.max_batch + 3) / 4 * 4;
   const size_t metadata_bytes =
@@ -105,7 +116,7 @@ Status Decoder::create(const DecoderConfig& config, std::unique_ptr<Decoder>* de
       if (Status s = detail::make_cuda_decoder_memory(config.device.index, workspace_bytes,
                                                       metadata_bytes, &impl->memory);
           !s.ok()) {
-        return Status(s.code(), std::string(fn) + ": " + s.message());
+        return with_context(fn, s);
       }
     } else {
       impl->memory = std::make_unique<HostMemory>(workspace_bytes, metadata_bytes);
@@ -126,9 +137,9 @@ Status Decoder::begin_step(const StepMetadata& step, void* stream) {
   // A failed begin_step leaves no step: decode() must not run on half-replaced metadata.
   d.batch = -1;
   if (step.batch < 0 || step.batch > d.config.max_batch) {
-    return invalid(fn, "step.batch",
-                   "must be in [0, max_batch = " + std::to_string(d.config.max_batch) + "], got " +
-                       std::to_string(step.batch));
+    return invalid_argument(fn, "step.batch",
+                            "must be in [0, max_batch = " + std::to_string(d.config.max_batch) +
+                                "], got " + std::to_string(step.batch));
   }
   if (step.batch == 0) {
     // Nothing to upload; decode() of an empty batch writes nothing.
@@ -137,10 +148,10 @@ Status Decoder::begin_step(const StepMetadata& step, void* stream) {
     d.planned = false;
     return Status();
   }
-  if (step.seq_lens == nullptr) return invalid(fn, "step.seq_lens", "null pointer");
-  if (step.block_table == nullptr) return invalid(fn, "step.block_table", "null pointer");
+  if (step.seq_lens == nullptr) return invalid_argument(fn, "step.seq_lens", "null pointer");
+  if (step.block_table == nullptr) return invalid_argument(fn, "step.block_table", "null pointer");
   if (step.pages_per_seq < 1 || step.pages_per_seq > d.config.max_pages_per_seq) {
-    return invalid(
+    return invalid_argument(
         fn, "step.pages_per_seq",
         "must be in [1, max_pages_per_seq = " + std::to_string(d.config.max_pages_per_seq) +
             "], got " + std::to_string(step.pages_per_seq));
@@ -148,14 +159,14 @@ Status Decoder::begin_step(const StepMetadata& step, void* stream) {
   const int64_t stride =
       step.block_table_stride == 0 ? step.pages_per_seq : step.block_table_stride;
   if (stride < step.pages_per_seq) {
-    return invalid(fn, "step.block_table_stride",
-                   std::to_string(stride) + " is smaller than pages_per_seq = " +
-                       std::to_string(step.pages_per_seq) + " (rows would overlap)");
+    return invalid_argument(fn, "step.block_table_stride",
+                            std::to_string(stride) + " is smaller than pages_per_seq = " +
+                                std::to_string(step.pages_per_seq) + " (rows would overlap)");
   }
 
   int32_t* staging = nullptr;
   if (Status s = d.memory->acquire_staging(stream, &staging); !s.ok()) {
-    return Status(s.code(), std::string(fn) + ": " + s.message());
+    return with_context(fn, s);
   }
   std::memcpy(staging, step.seq_lens, static_cast<size_t>(step.batch) * sizeof(int32_t));
   int32_t* table = staging + d.table_offset;
@@ -170,7 +181,7 @@ Status Decoder::begin_step(const StepMetadata& step, void* stream) {
   const size_t bytes =
       static_cast<size_t>(d.table_offset + step.batch * step.pages_per_seq) * sizeof(int32_t);
   if (Status s = d.memory->upload(bytes, stream); !s.ok()) {
-    return Status(s.code(), std::string(fn) + ": " + s.message());
+    return with_context(fn, s);
   }
   d.batch = step.batch;
   d.pages_per_seq = step.pages_per_seq;
@@ -179,16 +190,16 @@ Status Decoder::begin_step(const StepMetadata& step, void* stream) {
 }
 
 Status Decoder::decode(const LayerParams& layer, void* stream) {
+  const char* fn = "mla::Decoder::decode";
   Impl& d = *impl_;
   if (d.batch < 0) {
-    return Status(StatusCode::kInvalidArgument,
-                  "mla::Decoder::decode: no step: call begin_step() first (or again after it "
-                  "failed)");
+    return Status(
+        StatusCode::kInvalidArgument,
+        std::string(fn) + ": no step: call begin_step() first (or again after it failed)");
   }
   if (layer.q.ndim >= 1 && layer.q.shape[0] != d.batch) {
-    return invalid("mla::Decoder::decode", "layer.q",
-                   "batch (dimension 0) is " + std::to_string(layer.q.shape[0]) +
-                       " but the step has " + std::to_string(d.batch) + " requests");
+    return invalid_argument(fn, "layer.q", "batch (dimension 0) is ", layer.q.shape[0],
+                            " but the step has ", d.batch, " requests");
   }
   int32_t* metadata = d.memory->metadata();
   DecodeParams params;
@@ -207,17 +218,18 @@ Status Decoder::decode(const LayerParams& layer, void* stream) {
   exec.num_threads = d.config.num_threads;
   const Workspace workspace = d.memory->workspace();
   if (!d.planned) {
-    if (Status s = plan(params, workspace, exec); !s.ok()) return s;
+    if (Status s = plan(params, workspace, exec); !s.ok()) return as_method(fn, "mla::plan", s);
     d.planned = true;
   }
-  return decode_planned(params, workspace, exec);
+  return as_method(fn, "mla::decode_planned", decode_planned(params, workspace, exec));
 }
 
 Status Decoder::check_data_errors(void* stream) {
   ExecConfig exec;
   exec.stream = stream;
   exec.num_threads = impl_->config.num_threads;
-  return mla::check_data_errors(impl_->memory->workspace(), impl_->config.device, exec);
+  return as_method("mla::Decoder::check_data_errors", "mla::check_data_errors",
+                   mla::check_data_errors(impl_->memory->workspace(), impl_->config.device, exec));
 }
 
 }  // namespace mla

@@ -2,54 +2,17 @@
 
 #include <algorithm>
 #include <cmath>
-#include <cstdio>
+#include <cstdint>
 #include <limits>
 #include <string>
 #include <type_traits>
 #include <utility>
 #include <vector>
 
+#include "core/status.h"
+
 namespace mla::detail {
 namespace {
-
-#define MLA_RETURN_IF_ERROR(expr)      \
-  do {                                 \
-    ::mla::Status status_ = (expr);    \
-    if (!status_.ok()) return status_; \
-  } while (0)
-
-// Message pieces are formatted without iostreams: a library linked into a Python extension
-// with its own static libstdc++ must not touch the process's iostream locale machinery (that
-// crashed inside std::ostream on a GPU host).
-void append(std::string& s, const char* v) { s += v; }
-void append(std::string& s, const std::string& v) { s += v; }
-void append(std::string& s, double v) {
-  char buf[32];
-  std::snprintf(buf, sizeof buf, "%g", v);
-  s += buf;
-}
-void append(std::string& s, const void* v) {
-  char buf[32];
-  std::snprintf(buf, sizeof buf, "%p", v);
-  s += buf;
-}
-template <typename T, typename = std::enable_if_t<std::is_integral_v<T>>>
-void append(std::string& s, T v) {
-  s += std::to_string(v);
-}
-
-// Builds "fn: argument 'name': <message>".
-template <typename... Args>
-Status error(StatusCode code, const char* fn, const char* arg, const Args&... parts) {
-  std::string message = std::string(fn) + ": argument '" + arg + "': ";
-  (append(message, parts), ...);
-  return Status(code, std::move(message));
-}
-
-template <typename... Args>
-Status invalid(const char* fn, const char* arg, const Args&... parts) {
-  return error(StatusCode::kInvalidArgument, fn, arg, parts...);
-}
 
 std::string shape_string(const TensorView& t) {
   std::string s = "[";
@@ -72,40 +35,99 @@ struct Expect {
   int64_t shape[kMaxDims];
 };
 
+// Views reach at most this many bytes from their first element: far beyond any allocation, and
+// small enough that offset arithmetic on a checked view (one more stride included) cannot
+// overflow int64.
+constexpr int64_t kMaxSpanBytes = int64_t{1} << 60;
+
+// ndim outside [0, kMaxDims] would index past shape[] and strides[].
+Status check_rank(const char* fn, const char* name, const TensorView& t) {
+  if (t.ndim < 0 || t.ndim > kMaxDims) {
+    return invalid_argument(fn, name, "ndim must be in [1, ", kMaxDims, "] (0 = absent), got ",
+                            t.ndim);
+  }
+  return Status();
+}
+
+// True when some extent is 0: the view has no elements (numel() could overflow on hostile
+// shapes, so it is not used before the span check).
+bool is_empty(const TensorView& t) {
+  for (int i = 0; i < t.ndim; ++i) {
+    if (t.shape[i] == 0) return true;
+  }
+  return false;
+}
+
+// Bytes from the first element to the end of the last one, for a view with non-negative extents
+// (at least one each) and strides; false when that exceeds kMaxSpanBytes.
+bool byte_span(const TensorView& t, int64_t* span) {
+  const int64_t esize = static_cast<int64_t>(dtype_size(t.dtype));
+  int64_t last = 0;  // element offset of the last element
+  for (int i = 0; i < t.ndim; ++i) {
+    const int64_t steps = t.shape[i] - 1;
+    if (steps > 0 && t.strides[i] > 0) {
+      if (steps > (kMaxSpanBytes / esize - last) / t.strides[i]) return false;
+      last += steps * t.strides[i];
+    }
+  }
+  *span = (last + 1) * esize;
+  return *span <= kMaxSpanBytes;
+}
+
+std::string strides_string(const TensorView& t) {
+  std::string s = "[";
+  for (int i = 0; i < t.ndim; ++i) s += (i ? ", " : "") + std::to_string(t.strides[i]);
+  return s + "]";
+}
+
+// The address range of a non-empty view must exist: no wrap-around, no more than kMaxSpanBytes.
+Status check_span(const char* fn, const char* name, const TensorView& t) {
+  if (is_empty(t)) return Status();
+  int64_t span = 0;
+  if (!byte_span(t, &span) ||
+      static_cast<uint64_t>(span) > UINTPTR_MAX - reinterpret_cast<uintptr_t>(t.data)) {
+    return invalid_argument(fn, name, "shape ", shape_string(t), " with strides ",
+                            strides_string(t), " addresses more memory than exists");
+  }
+  return Status();
+}
+
 // Generic structural checks shared by every tensor argument.
 Status check_tensor(const char* fn, const char* name, const TensorView& t, const Expect& e,
                     Device device) {
-  if (!t.present()) return invalid(fn, name, "is required but absent (ndim == 0)");
+  MLA_RETURN_IF_ERROR(check_rank(fn, name, t));
+  if (!t.present()) return invalid_argument(fn, name, "is required but absent (ndim == 0)");
   if (t.ndim != e.ndim) {
-    return invalid(fn, name, "expected ", e.ndim, " dimensions ", e.layout, ", got ", t.ndim,
-                   " with shape ", shape_string(t));
+    return invalid_argument(fn, name, "expected ", e.ndim, " dimensions ", e.layout, ", got ",
+                            t.ndim, " with shape ", shape_string(t));
   }
   for (int i = 0; i < t.ndim; ++i) {
     if (t.shape[i] < 0) {
-      return invalid(fn, name, "negative extent ", t.shape[i], " in dimension ", i);
+      return invalid_argument(fn, name, "negative extent ", t.shape[i], " in dimension ", i);
     }
     if (e.shape[i] >= 0 && t.shape[i] != e.shape[i]) {
-      return invalid(fn, name, "expected shape ", e.layout, ", got ", shape_string(t),
-                     " (dimension ", i, " must be ", e.shape[i], ")");
+      return invalid_argument(fn, name, "expected shape ", e.layout, ", got ", shape_string(t),
+                              " (dimension ", i, " must be ", e.shape[i], ")");
     }
     if (t.strides[i] < 0) {
-      return invalid(fn, name, "negative stride ", t.strides[i], " in dimension ", i);
+      return invalid_argument(fn, name, "negative stride ", t.strides[i], " in dimension ", i);
     }
   }
   if (!same_device(t.device, device)) {
-    return invalid(fn, name, "is on ", device_string(t.device), " but the call runs on ",
-                   device_string(device));
+    return invalid_argument(fn, name, "is on ", device_string(t.device), " but the call runs on ",
+                            device_string(device));
   }
-  if (t.numel() > 0) {
-    if (t.data == nullptr) return invalid(fn, name, "data pointer is null");
+  if (!is_empty(t)) {
+    if (t.data == nullptr) return invalid_argument(fn, name, "data pointer is null");
     if (t.strides[t.ndim - 1] != 1 && t.shape[t.ndim - 1] > 1) {
-      return invalid(fn, name, "last dimension must be contiguous (stride 1), got stride ",
-                     t.strides[t.ndim - 1]);
+      return invalid_argument(fn, name, "last dimension must be contiguous (stride 1), got stride ",
+                              t.strides[t.ndim - 1]);
     }
     if (reinterpret_cast<uintptr_t>(t.data) % dtype_size(t.dtype) != 0) {
-      return invalid(fn, name, "data pointer ", t.data, " is not aligned to its element size ",
-                     dtype_size(t.dtype));
+      return invalid_argument(fn, name, "data pointer ", t.data,
+                              " is not aligned to its element size ", dtype_size(t.dtype));
     }
+    MLA_RETURN_IF_ERROR(check_span(fn, name, t));
   }
   return Status();
 }
@@ -117,14 +139,14 @@ Status check_dtype(const char* fn, const char* name, const TensorView& t,
   }
   std::string names;
   for (DType d : allowed) names += (names.empty() ? "" : " or ") + std::string(dtype_name(d));
-  return invalid(fn, name, "expected dtype ", names, ", got ", dtype_name(t.dtype));
+  return invalid_argument(fn, name, "expected dtype ", names, ", got ", dtype_name(t.dtype));
 }
 
 Status check_same_dtype(const char* fn, const char* name, const TensorView& t, const char* ref_name,
                         DType ref) {
   if (t.dtype != ref) {
-    return invalid(fn, name, "dtype ", dtype_name(t.dtype), " differs from ", ref_name, "'s ",
-                   dtype_name(ref));
+    return invalid_argument(fn, name, "dtype ", dtype_name(t.dtype), " differs from ", ref_name,
+                            "'s ", dtype_name(ref));
   }
   return Status();
 }
@@ -134,6 +156,7 @@ Status check_same_dtype(const char* fn, const char* name, const TensorView& t, c
 // dimension need not be contiguous.
 Status check_lse_tensor(const char* fn, const char* name, const TensorView& t, const Expect& e,
                         Device device) {
+  MLA_RETURN_IF_ERROR(check_rank(fn, name, t));
   MLA_RETURN_IF_ERROR(check_dtype(fn, name, t, {DType::kFloat32}));
   bool shape_ok = t.ndim == e.ndim;
   std::string expected = "[";
@@ -142,21 +165,48 @@ Status check_lse_tensor(const char* fn, const char* name, const TensorView& t, c
     expected += (i ? ", " : "") + std::to_string(e.shape[i]);
   }
   if (!shape_ok) {
-    return invalid(fn, name, "expected shape ", e.layout, " = ", expected, "], got ",
-                   shape_string(t));
+    return invalid_argument(fn, name, "expected shape ", e.layout, " = ", expected, "], got ",
+                            shape_string(t));
   }
   for (int i = 0; i < t.ndim; ++i) {
     if (t.strides[i] < 0) {
-      return invalid(fn, name, "negative stride ", t.strides[i], " in dimension ", i);
+      return invalid_argument(fn, name, "negative stride ", t.strides[i], " in dimension ", i);
     }
   }
   if (!same_device(t.device, device)) {
-    return invalid(fn, name, "is on ", device_string(t.device), " but the call runs on ",
-                   device_string(device));
+    return invalid_argument(fn, name, "is on ", device_string(t.device), " but the call runs on ",
+                            device_string(device));
   }
-  if (t.numel() > 0 && t.data == nullptr) return invalid(fn, name, "data pointer is null");
+  if (!is_empty(t) && t.data == nullptr) return invalid_argument(fn, name, "data pointer is null");
   if (reinterpret_cast<uintptr_t>(t.data) % 4 != 0) {
-    return invalid(fn, name, "data pointer ", t.data, " is not 4-byte aligned");
+    return invalid_argument(fn, name, "data pointer ", t.data, " is not 4-byte aligned");
+  }
+  return check_span(fn, name, t);
+}
+
+// [begin, end) addresses of a view that passed check_tensor / check_lse_tensor; empty for a view
+// that is absent or has no elements.
+struct ByteRange {
+  uintptr_t begin = 0, end = 0;
+};
+
+ByteRange byte_range(const TensorView& t) {
+  int64_t span = 0;
+  if (!t.present() || is_empty(t) || !byte_span(t, &span)) return ByteRange{};
+  const uintptr_t begin = reinterpret_cast<uintptr_t>(t.data);
+  return ByteRange{begin, begin + static_cast<uintptr_t>(span)};
+}
+
+// An output must not share memory with another argument: the call would read what it has
+// written, or write an input. The check is on address ranges, so two views that interleave
+// without sharing an element are rejected too; pass separate buffers.
+Status check_disjoint(const char* fn, const char* name, const TensorView& t, const char* other_name,
+                      const TensorView& other) {
+  const ByteRange a = byte_range(t), b = byte_range(other);
+  if (a.begin == a.end || b.begin == b.end) return Status();
+  if (a.begin < b.end && b.begin < a.end) {
+    return invalid_argument(fn, name, "overlaps the memory of '", other_name,
+                            "'; an output must not share memory with another argument");
   }
   return Status();
 }
@@ -164,7 +214,7 @@ Status check_lse_tensor(const char* fn, const char* name, const TensorView& t, c
 // Tensors the call writes must not alias themselves: with dimensions sorted by stride, each
 // stride must step over the whole extent of the dimensions below it.
 Status check_non_overlapping(const char* fn, const char* name, const TensorView& t) {
-  if (t.numel() <= 1) return Status();
+  if (is_empty(t)) return Status();
   std::vector<int> dims;
   for (int i = 0; i < t.ndim; ++i) {
     if (t.shape[i] > 1) dims.push_back(i);
@@ -173,9 +223,9 @@ Status check_non_overlapping(const char* fn, const char* name, const TensorView&
   int64_t span = 1;
   for (int d : dims) {
     if (t.strides[d] < span) {
-      return invalid(fn, name, "strides overlap (dimension ", d, " has stride ", t.strides[d],
-                     " but the dimensions inside it span ", span,
-                     " elements); an output must not alias itself");
+      return invalid_argument(fn, name, "strides overlap (dimension ", d, " has stride ",
+                              t.strides[d], " but the dimensions inside it span ", span,
+                              " elements); an output must not alias itself");
     }
     span = t.strides[d] * t.shape[d];
   }
@@ -185,15 +235,16 @@ Status check_non_overlapping(const char* fn, const char* name, const TensorView&
 // CUDA kernels move rows with 16-byte vector accesses: the base pointer and every outer stride
 // must be multiples of 16 bytes.
 Status check_rows_aligned_16(const char* fn, const char* name, const TensorView& t) {
-  if (t.numel() == 0) return Status();
+  if (is_empty(t)) return Status();
   const int64_t esize = static_cast<int64_t>(dtype_size(t.dtype));
   if (reinterpret_cast<uintptr_t>(t.data) % 16 != 0) {
-    return invalid(fn, name, "data pointer ", t.data, " is not 16-byte aligned (required on CUDA)");
+    return invalid_argument(fn, name, "data pointer ", t.data,
+                            " is not 16-byte aligned (required on CUDA)");
   }
   for (int i = 0; i + 1 < t.ndim; ++i) {
     if (t.shape[i] > 1 && (t.strides[i] * esize) % 16 != 0) {
-      return invalid(fn, name, "stride ", t.strides[i], " of dimension ", i,
-                     " is not a multiple of 16 bytes (required on CUDA)");
+      return invalid_argument(fn, name, "stride ", t.strides[i], " of dimension ", i,
+                              " is not a multiple of 16 bytes (required on CUDA)");
     }
   }
   return Status();
@@ -201,8 +252,8 @@ Status check_rows_aligned_16(const char* fn, const char* name, const TensorView&
 
 Status check_int32(const char* fn, const char* name, int64_t value) {
   if (value > std::numeric_limits<int32_t>::max()) {
-    return error(StatusCode::kUnsupported, fn, name, "extent ", value,
-                 " exceeds the supported maximum ", std::numeric_limits<int32_t>::max());
+    return argument_error(StatusCode::kUnsupported, fn, name, "extent ", value,
+                          " exceeds the supported maximum ", std::numeric_limits<int32_t>::max());
   }
   return Status();
 }
@@ -210,9 +261,10 @@ Status check_int32(const char* fn, const char* name, int64_t value) {
 Status check_device_supported(const char* fn, const char* name, Device device) {
   if (device.type == DeviceType::kCPU) return Status();
   if (device.type != DeviceType::kCUDA) {
-    return invalid(fn, name, "unknown device type ", static_cast<int>(device.type));
+    return invalid_argument(fn, name, "unknown device type ", static_cast<int>(device.type));
   }
-  if (device.index < 0) return invalid(fn, name, "negative CUDA device index ", device.index);
+  if (device.index < 0)
+    return invalid_argument(fn, name, "negative CUDA device index ", device.index);
   return Status();
 }
 
@@ -227,9 +279,9 @@ Status check_same_device(const char* fn,
       ref_name = name;
       ref = t->device;
     } else if (!same_device(t->device, ref)) {
-      return invalid(fn, name, "is on ", device_string(t->device), " but argument '", ref_name,
-                     "' is on ", device_string(ref),
-                     "; every tensor of a call must be on one device");
+      return invalid_argument(fn, name, "is on ", device_string(t->device), " but argument '",
+                              ref_name, "' is on ", device_string(ref),
+                              "; every tensor of a call must be on one device");
     }
   }
   return Status();
@@ -238,15 +290,15 @@ Status check_same_device(const char* fn,
 // Shape limits, reported against `arg` ("q" from decode, the shape's own fields from
 // workspace_size) with each extent named.
 Status check_shape(const char* fn, const char* arg, const DecodeShape& shape) {
-  if (shape.batch < 0) return invalid(fn, arg, "batch must be >= 0, got ", shape.batch);
+  if (shape.batch < 0) return invalid_argument(fn, arg, "batch must be >= 0, got ", shape.batch);
   MLA_RETURN_IF_ERROR(check_int32(fn, arg, shape.batch));
   if (shape.s_q < 1 || shape.s_q > kMaxSeqQ) {
-    return error(shape.s_q < 1 ? StatusCode::kInvalidArgument : StatusCode::kUnsupported, fn, arg,
-                 "s_q must be in [1, ", kMaxSeqQ, "], got ", shape.s_q);
+    return argument_error(shape.s_q < 1 ? StatusCode::kInvalidArgument : StatusCode::kUnsupported,
+                          fn, arg, "s_q must be in [1, ", kMaxSeqQ, "], got ", shape.s_q);
   }
   if (shape.h_q < 1 || shape.h_q > kMaxHeadsQ) {
-    return error(shape.h_q < 1 ? StatusCode::kInvalidArgument : StatusCode::kUnsupported, fn, arg,
-                 "h_q must be in [1, ", kMaxHeadsQ, "], got ", shape.h_q);
+    return argument_error(shape.h_q < 1 ? StatusCode::kInvalidArgument : StatusCode::kUnsupported,
+                          fn, arg, "h_q must be in [1, ", kMaxHeadsQ, "], got ", shape.h_q);
   }
   return Status();
 }
@@ -255,11 +307,14 @@ Status check_shape(const char* fn, const char* arg, const DecodeShape& shape) {
 
 Status check_workspace(const char* fn, const Workspace& ws, size_t required) {
   if (ws.bytes < required) {
-    return invalid(fn, "workspace", ws.bytes, " bytes given, workspace_size() requires ", required);
+    return invalid_argument(fn, "workspace", ws.bytes, " bytes given, workspace_size() requires ",
+                            required);
   }
-  if (required > 0 && ws.data == nullptr) return invalid(fn, "workspace", "data pointer is null");
-  if (reinterpret_cast<uintptr_t>(ws.data) % 256 != 0) {
-    return invalid(fn, "workspace", "data pointer must be 256-byte aligned");
+  if (required > 0 && ws.data == nullptr)
+    return invalid_argument(fn, "workspace", "data pointer is null");
+  if (reinterpret_cast<uintptr_t>(ws.data) % kWorkspaceAlignment != 0) {
+    return invalid_argument(fn, "workspace", "data pointer ", ws.data, " must be ",
+                            kWorkspaceAlignment, "-byte aligned (kWorkspaceAlignment)");
   }
   return Status();
 }
@@ -270,7 +325,10 @@ Status validate_shape(const char* fn, const DecodeShape& shape) {
 
 Status validate_decode(const char* fn, const DecodeParams& p, DecodeProblem* problem,
                        Device* device_out) {
-  if (!p.q.present()) return invalid(fn, "q", "is required but absent (ndim == 0)");
+  MLA_RETURN_IF_ERROR(check_rank(fn, "q", p.q));
+  MLA_RETURN_IF_ERROR(check_rank(fn, "q_pe", p.q_pe));
+  MLA_RETURN_IF_ERROR(check_rank(fn, "lse", p.lse));
+  if (!p.q.present()) return invalid_argument(fn, "q", "is required but absent (ndim == 0)");
   const Device device = p.q.device;
   MLA_RETURN_IF_ERROR(check_device_supported(fn, "q", device));
   MLA_RETURN_IF_ERROR(check_same_device(fn, {{"q", &p.q},
@@ -309,9 +367,9 @@ Status validate_decode(const char* fn, const DecodeParams& p, DecodeProblem* pro
   const int64_t num_pages = p.kv_cache.shape[0];
   const int64_t page_size = p.kv_cache.shape[1];
   if (page_size < 1 || page_size > kMaxPageSize || (page_size & (page_size - 1)) != 0) {
-    return error(StatusCode::kUnsupported, fn, "kv_cache",
-                 "page_size (dimension 1) must be a power of two in [1, ", kMaxPageSize, "], got ",
-                 page_size);
+    return argument_error(StatusCode::kUnsupported, fn, "kv_cache",
+                          "page_size (dimension 1) must be a power of two in [1, ", kMaxPageSize,
+                          "], got ", page_size);
   }
   MLA_RETURN_IF_ERROR(check_int32(fn, "kv_cache", num_pages));
 
@@ -331,8 +389,18 @@ Status validate_decode(const char* fn, const DecodeParams& p, DecodeProblem* pro
         check_lse_tensor(fn, "lse", p.lse, {"[batch, s_q, h_q]", 3, {batch, s_q, h_q}}, device));
     MLA_RETURN_IF_ERROR(check_non_overlapping(fn, "lse", p.lse));
   }
+  // The outputs share no memory with the inputs or with each other.
+  for (const TensorView* out : {&p.out, &p.lse}) {
+    const char* out_name = out == &p.out ? "out" : "lse";
+    MLA_RETURN_IF_ERROR(check_disjoint(fn, out_name, *out, "q", p.q));
+    MLA_RETURN_IF_ERROR(check_disjoint(fn, out_name, *out, "q_pe", p.q_pe));
+    MLA_RETURN_IF_ERROR(check_disjoint(fn, out_name, *out, "kv_cache", p.kv_cache));
+    MLA_RETURN_IF_ERROR(check_disjoint(fn, out_name, *out, "block_table", p.block_table));
+    MLA_RETURN_IF_ERROR(check_disjoint(fn, out_name, *out, "seq_lens", p.seq_lens));
+  }
+  MLA_RETURN_IF_ERROR(check_disjoint(fn, "out", p.out, "lse", p.lse));
   if (!std::isfinite(p.softmax_scale) || p.softmax_scale <= 0.0f) {
-    return invalid(fn, "softmax_scale", "must be finite and > 0, got ", p.softmax_scale);
+    return invalid_argument(fn, "softmax_scale", "must be finite and > 0, got ", p.softmax_scale);
   }
   if (device.type == DeviceType::kCUDA) {
     MLA_RETURN_IF_ERROR(check_rows_aligned_16(fn, "q", p.q));
@@ -398,15 +466,15 @@ Status validate_decode_data(const char* fn, const DecodeProblem& p) {
   for (int32_t b = 0; b < p.batch; ++b) {
     const int64_t len = p.seq_lens[b * p.seq_lens_stride];
     if (len < 0 || len > capacity) {
-      return error(StatusCode::kDataError, fn, "seq_lens", "seq_lens[", b, "] = ", len,
-                   " is outside [0, max_pages_per_seq * page_size = ", capacity, "]");
+      return argument_error(StatusCode::kDataError, fn, "seq_lens", "seq_lens[", b, "] = ", len,
+                            " is outside [0, max_pages_per_seq * page_size = ", capacity, "]");
     }
     const int64_t live_pages = (len + p.page_size - 1) >> p.page_shift;
     const int32_t* row = p.block_table + b * p.block_table_stride;
     for (int64_t i = 0; i < live_pages; ++i) {
       if (row[i] < 0 || row[i] >= p.num_pages) {
-        return error(StatusCode::kDataError, fn, "block_table", "block_table[", b, "][", i,
-                     "] = ", row[i], " is outside [0, num_pages = ", p.num_pages, ")");
+        return argument_error(StatusCode::kDataError, fn, "block_table", "block_table[", b, "][", i,
+                              "] = ", row[i], " is outside [0, num_pages = ", p.num_pages, ")");
       }
     }
   }
@@ -415,7 +483,10 @@ Status validate_decode_data(const char* fn, const DecodeProblem& p) {
 
 Status validate_kv_write(const char* fn, const KvCacheWriteParams& p, KvWriteProblem* problem,
                          Device* device_out) {
-  if (!p.kv_cache.present()) return invalid(fn, "kv_cache", "is required but absent (ndim == 0)");
+  MLA_RETURN_IF_ERROR(check_rank(fn, "kv_cache", p.kv_cache));
+  if (!p.kv_cache.present()) {
+    return invalid_argument(fn, "kv_cache", "is required but absent (ndim == 0)");
+  }
   const Device device = p.kv_cache.device;
   MLA_RETURN_IF_ERROR(check_device_supported(fn, "kv_cache", device));
   MLA_RETURN_IF_ERROR(check_same_device(fn, {{"kv_cache", &p.kv_cache},
@@ -429,13 +500,14 @@ Status validate_kv_write(const char* fn, const KvCacheWriteParams& p, KvWritePro
   MLA_RETURN_IF_ERROR(check_non_overlapping(fn, "kv_cache", p.kv_cache));
   const int64_t page_size = p.kv_cache.shape[1];
   if (page_size < 1 || page_size > kMaxPageSize || (page_size & (page_size - 1)) != 0) {
-    return error(StatusCode::kUnsupported, fn, "kv_cache",
-                 "page_size (dimension 1) must be a power of two in [1, ", kMaxPageSize, "], got ",
-                 page_size);
+    return argument_error(StatusCode::kUnsupported, fn, "kv_cache",
+                          "page_size (dimension 1) must be a power of two in [1, ", kMaxPageSize,
+                          "], got ", page_size);
   }
   MLA_RETURN_IF_ERROR(check_int32(fn, "kv_cache", p.kv_cache.shape[0]));
+  MLA_RETURN_IF_ERROR(check_rank(fn, "slot_mapping", p.slot_mapping));
   if (!p.slot_mapping.present()) {
-    return invalid(fn, "slot_mapping", "is required but absent (ndim == 0)");
+    return invalid_argument(fn, "slot_mapping", "is required but absent (ndim == 0)");
   }
   MLA_RETURN_IF_ERROR(check_dtype(fn, "slot_mapping", p.slot_mapping, {DType::kInt64}));
   MLA_RETURN_IF_ERROR(
@@ -447,6 +519,9 @@ Status validate_kv_write(const char* fn, const KvCacheWriteParams& p, KvWritePro
   MLA_RETURN_IF_ERROR(check_same_dtype(fn, "k_pe", p.k_pe, "kv_cache", p.kv_cache.dtype));
   MLA_RETURN_IF_ERROR(
       check_tensor(fn, "k_pe", p.k_pe, {"[num_tokens, 64]", 2, {tokens, kHeadDimRope}}, device));
+  MLA_RETURN_IF_ERROR(check_disjoint(fn, "kv_cache", p.kv_cache, "kv_c", p.kv_c));
+  MLA_RETURN_IF_ERROR(check_disjoint(fn, "kv_cache", p.kv_cache, "k_pe", p.k_pe));
+  MLA_RETURN_IF_ERROR(check_disjoint(fn, "kv_cache", p.kv_cache, "slot_mapping", p.slot_mapping));
   if (device.type == DeviceType::kCUDA) {
     MLA_RETURN_IF_ERROR(check_rows_aligned_16(fn, "kv_c", p.kv_c));
     MLA_RETURN_IF_ERROR(check_rows_aligned_16(fn, "k_pe", p.k_pe));
@@ -476,8 +551,9 @@ Status validate_kv_write_data(const char* fn, const KvWriteProblem& p) {
   for (int64_t t = 0; t < p.num_tokens; ++t) {
     const int64_t slot = p.slot_mapping[t * p.slot_mapping_stride];
     if (slot < -1 || slot >= capacity) {
-      return error(StatusCode::kDataError, fn, "slot_mapping", "slot_mapping[", t, "] = ", slot,
-                   " is outside [-1, num_pages * page_size = ", capacity, ")");
+      return argument_error(StatusCode::kDataError, fn, "slot_mapping", "slot_mapping[", t,
+                            "] = ", slot, " is outside [-1, num_pages * page_size = ", capacity,
+                            ")");
     }
   }
   return Status();
@@ -485,7 +561,10 @@ Status validate_kv_write_data(const char* fn, const KvWriteProblem& p) {
 
 Status validate_merge(const char* fn, const MergeParams& p, MergeProblem* problem,
                       Device* device_out) {
-  if (!p.out_a.present()) return invalid(fn, "out_a", "is required but absent (ndim == 0)");
+  MLA_RETURN_IF_ERROR(check_rank(fn, "out_a", p.out_a));
+  MLA_RETURN_IF_ERROR(check_rank(fn, "lse", p.lse));
+  if (!p.out_a.present())
+    return invalid_argument(fn, "out_a", "is required but absent (ndim == 0)");
   const Device device = p.out_a.device;
   MLA_RETURN_IF_ERROR(check_device_supported(fn, "out_a", device));
   MLA_RETURN_IF_ERROR(check_same_device(fn, {{"out_a", &p.out_a},
@@ -511,14 +590,27 @@ Status validate_merge(const char* fn, const MergeParams& p, MergeProblem* proble
   auto check_lse = [&](const char* name, const TensorView& lse) {
     return check_lse_tensor(fn, name, lse, lse_shape, device);
   };
-  if (!p.lse_a.present()) return invalid(fn, "lse_a", "is required but absent (ndim == 0)");
+  MLA_RETURN_IF_ERROR(check_rank(fn, "lse_a", p.lse_a));
+  if (!p.lse_a.present())
+    return invalid_argument(fn, "lse_a", "is required but absent (ndim == 0)");
   MLA_RETURN_IF_ERROR(check_lse("lse_a", p.lse_a));
-  if (!p.lse_b.present()) return invalid(fn, "lse_b", "is required but absent (ndim == 0)");
+  MLA_RETURN_IF_ERROR(check_rank(fn, "lse_b", p.lse_b));
+  if (!p.lse_b.present())
+    return invalid_argument(fn, "lse_b", "is required but absent (ndim == 0)");
   MLA_RETURN_IF_ERROR(check_lse("lse_b", p.lse_b));
   if (p.lse.present()) {
     MLA_RETURN_IF_ERROR(check_lse("lse", p.lse));
     MLA_RETURN_IF_ERROR(check_non_overlapping(fn, "lse", p.lse));
   }
+  // The outputs share no memory with the inputs or with each other.
+  for (const TensorView* out : {&p.out, &p.lse}) {
+    const char* out_name = out == &p.out ? "out" : "lse";
+    MLA_RETURN_IF_ERROR(check_disjoint(fn, out_name, *out, "out_a", p.out_a));
+    MLA_RETURN_IF_ERROR(check_disjoint(fn, out_name, *out, "lse_a", p.lse_a));
+    MLA_RETURN_IF_ERROR(check_disjoint(fn, out_name, *out, "out_b", p.out_b));
+    MLA_RETURN_IF_ERROR(check_disjoint(fn, out_name, *out, "lse_b", p.lse_b));
+  }
+  MLA_RETURN_IF_ERROR(check_disjoint(fn, "out", p.out, "lse", p.lse));
 
   MergeProblem& pr = *problem;
   pr = MergeProblem{};

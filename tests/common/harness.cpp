@@ -34,8 +34,10 @@ int64_t lse_index(const DecodeCase& c, int b, int s, int h) {
 class HostBuffer final : public DeviceBuffer {
  public:
   explicit HostBuffer(size_t bytes) : bytes_(bytes) {
-    const size_t rounded = (std::max<size_t>(bytes, 1) + 255) / 256 * 256;
-    data_ = std::aligned_alloc(256, rounded);
+    // Aligned for any use, workspaces included.
+    constexpr size_t kAlign = kWorkspaceAlignment;
+    const size_t rounded = (std::max<size_t>(bytes, 1) + kAlign - 1) / kAlign * kAlign;
+    data_ = std::aligned_alloc(kAlign, rounded);
   }
   ~HostBuffer() override { std::free(data_); }
   void* data() override { return data_; }

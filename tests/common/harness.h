@@ -48,7 +48,8 @@ class DeviceBuffer {
   virtual void upload(const void* src, size_t bytes) = 0;
   virtual void download(void* dst, size_t bytes) const = 0;
 };
-// Allocates `bytes` (rounded up, 256-byte aligned) on `device`. Contents are unspecified.
+// Allocates `bytes` (rounded up, kWorkspaceAlignment-byte aligned) on `device`. Contents are
+// unspecified.
 std::unique_ptr<DeviceBuffer> allocate(Device device, size_t bytes);
 // `host` copied into a new buffer on `device` (of at least one element).
 template <typename T>

@@ -7,6 +7,7 @@
 #include <limits>
 
 #include "harness.h"
+#include "mla/decoder.h"
 
 namespace mla::testing {
 namespace {
@@ -167,6 +168,97 @@ TEST_F(Validation, ScaleAndWorkspace) {
   bad.num_threads = -1;
   const Status threads = decode(valid(), Workspace{ws_->data(), ws_bytes_}, bad);
   EXPECT_NE(threads.message().find("'config.num_threads'"), std::string::npos) << threads.message();
+  expect_untouched();
+}
+
+TEST_F(Validation, HostileStructure) {
+  expect_rejected([](DecodeParams& p) { p.q.ndim = 5; }, kInvalid, {"'q'", "ndim", "got 5"});
+  expect_rejected([](DecodeParams& p) { p.lse.ndim = -1; }, kInvalid, {"'lse'", "ndim"});
+  expect_rejected([](DecodeParams& p) { p.kv_cache.strides[0] = int64_t{1} << 60; }, kInvalid,
+                  {"'kv_cache'", "more memory than exists"});
+  expect_rejected([](DecodeParams& p) { p.q.strides[0] = std::numeric_limits<int64_t>::max(); },
+                  kInvalid, {"'q'", "more memory than exists"});
+}
+
+TEST_F(Validation, OutputsMustNotOverlapOtherArguments) {
+  expect_rejected([](DecodeParams& p) { p.out.data = p.q.data; }, kInvalid,
+                  {"'out'", "overlaps the memory of 'q'"});
+  expect_rejected([](DecodeParams& p) { p.out.data = static_cast<char*>(p.kv_cache.data) + 64; },
+                  kInvalid, {"'out'", "'kv_cache'"});
+  expect_rejected([](DecodeParams& p) { p.out.data = p.block_table.data; }, kInvalid,
+                  {"'out'", "'block_table'"});
+  expect_rejected([](DecodeParams& p) { p.lse.data = p.seq_lens.data; }, kInvalid,
+                  {"'lse'", "'seq_lens'"});
+  expect_rejected([](DecodeParams& p) { p.lse.data = p.out.data; }, kInvalid,
+                  {"'out'", "overlaps the memory of 'lse'"});
+}
+
+TEST_F(Validation, MisalignedWorkspace) {
+  if (ws_bytes_ == 0) GTEST_SKIP() << "no workspace needed";
+  std::vector<unsigned char> big(ws_bytes_ + 2 * kWorkspaceAlignment);
+  const uintptr_t base = (reinterpret_cast<uintptr_t>(big.data()) + kWorkspaceAlignment - 1) /
+                         kWorkspaceAlignment * kWorkspaceAlignment;
+  const Status s =
+      decode(valid(), Workspace{reinterpret_cast<void*>(base + 64), ws_bytes_}, config_);
+  EXPECT_EQ(s.code(), kInvalid);
+  EXPECT_NE(s.message().find("'workspace'"), std::string::npos) << s.message();
+  EXPECT_NE(s.message().find("256-byte aligned"), std::string::npos) << s.message();
+  expect_untouched();
+}
+
+// Every entry point puts its name first, whichever part of the library found the mistake.
+TEST_F(Validation, MessagesStartWithTheEntryPoint) {
+  auto expect_prefix = [](const Status& s, const std::string& fn) {
+    EXPECT_FALSE(s.ok()) << fn;
+    EXPECT_EQ(s.message().rfind(fn + ": ", 0), 0u) << s.message();
+  };
+  DecodeParams bad = valid();
+  bad.kv_cache.shape[1] = 24;
+  const Workspace ws{ws_->data(), ws_bytes_};
+  expect_prefix(decode(bad, ws, config_), "mla::decode");
+  expect_prefix(plan(bad, ws, config_), "mla::plan");
+  expect_prefix(decode_planned(bad, ws, config_), "mla::decode_planned");
+  size_t bytes = 0;
+  expect_prefix(workspace_size({1, 0, 16}, Device{}, config_, &bytes), "mla::workspace_size");
+  expect_prefix(workspace_size({1, 1, 16}, Device{DeviceType::kCUDA, 99}, config_, &bytes),
+                "mla::workspace_size");
+  if (cuda_device_count() == 0) {
+    expect_prefix(check_data_errors(ws, Device{DeviceType::kCUDA, 0}, config_),
+                  "mla::check_data_errors");
+  }
+  KvCacheWriteParams kw;
+  expect_prefix(write_kv_cache(kw, config_), "mla::write_kv_cache");
+  MergeParams mp;
+  expect_prefix(merge_states(mp, config_), "mla::merge_states");
+  std::unique_ptr<Decoder> decoder;
+  DecoderConfig dc;
+  expect_prefix(Decoder::create(dc, &decoder), "mla::Decoder::create");
+  dc.max_batch = 2;
+  dc.s_q = 2;
+  dc.h_q = 4;
+  dc.max_pages_per_seq = hd_.max_pages;
+  dc.num_threads = 2;
+  ASSERT_TRUE(Decoder::create(dc, &decoder).ok());
+  StepMetadata step;
+  step.batch = 3;
+  expect_prefix(decoder->begin_step(step, nullptr), "mla::Decoder::begin_step");
+  step.batch = 2;
+  step.seq_lens = hd_.seq_lens.data();
+  step.block_table = hd_.block_table.data();
+  step.pages_per_seq = hd_.max_pages;
+  ASSERT_TRUE(decoder->begin_step(step, nullptr).ok());
+  LayerParams layer;
+  layer.q = bad.q;
+  layer.q_pe = bad.q_pe;
+  layer.kv_cache = bad.kv_cache;
+  layer.out = bad.out;
+  layer.lse = bad.lse;
+  layer.softmax_scale = bad.softmax_scale;
+  // The plan inside Decoder::decode reports under the Decoder's name, not mla::plan's.
+  const Status s = decoder->decode(layer, nullptr);
+  expect_prefix(s, "mla::Decoder::decode");
+  EXPECT_NE(s.message().find("argument 'kv_cache'"), std::string::npos) << s.message();
+  EXPECT_EQ(s.message().find("mla::plan"), std::string::npos) << s.message();
   expect_untouched();
 }
 

@@ -118,7 +118,7 @@ Status make_schedule(const DecodeProblem& p, const Layout& lay, int num_threads,
     const int64_t count = static_cast<int64_t>(cuts.size());
     if (count > 1) {
       if (next_partial + count > lay.num_partials) {
-        return Status(StatusCode::kInternal, "mla::decode: CPU split schedule exceeds workspace");
+        return Status(StatusCode::kInternal, "CPU split schedule exceeds the workspace");
       }
       out->splits.push_back({u.b, u.row0, u.nrows, next_partial, count});
       out->merge_rows += u.nrows;
@@ -186,7 +186,7 @@ size_t workspace_size(const DecodeShape& shape, int num_threads) {
 Status decode(const DecodeProblem& p, void* workspace, size_t workspace_bytes, int num_threads) {
   const Layout lay = layout(p.rows(), num_threads);
   if (workspace_bytes < lay.bytes) {
-    return Status(StatusCode::kInternal, "mla::decode: CPU workspace smaller than required");
+    return Status(StatusCode::kInternal, "CPU workspace smaller than required");
   }
   float* scratch = static_cast<float*>(workspace);
   float* partials = scratch + lay.scratch_stride * num_threads;

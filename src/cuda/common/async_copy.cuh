@@ -85,8 +85,7 @@ __device__ __forceinline__ void prefetch_tensor_map(const CUtensorMap* map) {
 // `bytes` of the transaction count of mbarrier `bar`.
 // https://docs.nvidia.com/cuda/parallel-thread-execution/#data-movement-and-conversion-instructions-cp-async-bulk-tensor
 __device__ __forceinline__ void tma_load_3d(uint32_t dst, const CUtensorMap* map, int32_t c0,
-                                            int32_t c1, int32_t c2, uint32_t bar,
-                                            uint64_t policy) {
+                                            int32_t c1, int32_t c2, uint32_t bar, uint64_t policy) {
   asm volatile(
       "cp.async.bulk.tensor.3d.shared::cluster.global.tile.mbarrier::complete_tx::bytes"
       ".L2::cache_hint [%0], [%1, {%2, %3, %4}], [%5], %6;\n" ::"r"(dst),

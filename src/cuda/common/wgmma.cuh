@@ -115,7 +115,12 @@ __device__ __forceinline__ void fence_operands(float (&r)[N]) {
 #define MLA_WGMMA_REGS_32                                                                  \
   "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, " \
   "%19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}"
-#define MLA_WGMMA_OUTS_32 "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
+#define MLA_WGMMA_OUTS_32                                                                         \
+  "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), \
+      "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]),    \
+      "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]),  \
+      "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]),  \
+      "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
 
 // D[64 x 32] (+)= A[64 x 16] * B[16 x 32], A and B from shared memory (K-major); TYPE is the
 // PTX element type of A and B ("bf16" or "f16").
@@ -167,12 +172,12 @@ __device__ __forceinline__ void wgmma_m64n64k16_ss(float (&d)[32], uint64_t desc
 // D[64 x 64] += A[64 x 16] * B[16 x 64], A from registers (the mma.sync m16n8k16 A fragment of
 // each warp's 16 rows: {(g, 2c), (g + 8, 2c), (g, 2c + 8), (g + 8, 2c + 8)}, two values each),
 // B from shared memory (K-major).
-#define MLA_WGMMA_M64N64K16_RS(TYPE)                                                      \
-  asm volatile(                                                                           \
-      "{\n.reg .pred p;\nsetp.ne.b32 p, %37, 0;\n"                                        \
-      "wgmma.mma_async.sync.aligned.m64n64k16.f32." TYPE "." TYPE " " MLA_WGMMA_REGS_32   \
-      ", {%32, %33, %34, %35}, %36, p, 1, 1, 0;\n}\n"                                     \
-      : MLA_WGMMA_OUTS_32                                                                 \
+#define MLA_WGMMA_M64N64K16_RS(TYPE)                                                    \
+  asm volatile(                                                                         \
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %37, 0;\n"                                      \
+      "wgmma.mma_async.sync.aligned.m64n64k16.f32." TYPE "." TYPE " " MLA_WGMMA_REGS_32 \
+      ", {%32, %33, %34, %35}, %36, p, 1, 1, 0;\n}\n"                                   \
+      : MLA_WGMMA_OUTS_32                                                               \
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b), "r"(1))
 
 template <bool kBf16>

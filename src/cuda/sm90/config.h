@@ -57,7 +57,7 @@ struct SeesawConfig {
   static constexpr int kRows = 64;    // query rows per CTA: the M of one wgmma
   static constexpr int kBlockN = 64;  // tokens per tile (one ring slot)
   static constexpr int kSlots = 2;
-  static constexpr int kLatentSlabs = kHeadDimV / 64;  // 8 slabs of 64 columns
+  static constexpr int kLatentSlabs = kHeadDimV / 64;   // 8 slabs of 64 columns
   static constexpr int kRopeSteps = kHeadDimRope / 16;  // 4 k-steps of S from registers
   static constexpr int kSlabs = kHeadDimQK / 64;        // 9 slabs of a KV token row
   static constexpr int kConsumerThreads = 256;

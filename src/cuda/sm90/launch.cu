@@ -1,7 +1,8 @@
 // Instances of the Hopper kernels (compiled for sm_90a only, registry.cu). The lock-step kernel
-// (kernel.cuh): 64-token stages, 2 deep. Q (72 KB), two stages (144 KB) and the P tile fill the 227 KB a block may use. Measured
-// alternatives (docs/cuda_kernel_notes.md, v5): 4 stages of 32 tokens were 15-20% slower on
-// every spec row, and 2-4 independent S accumulator chains made no difference.
+// (kernel.cuh): 64-token stages, 2 deep. Q (72 KB), two stages (144 KB) and the P tile fill the 227
+// KB a block may use. Measured alternatives (docs/cuda_kernel_notes.md, v5): 4 stages of 32 tokens
+// were 15-20% slower on every spec row, and 2-4 independent S accumulator chains made no
+// difference.
 #include <cstring>
 
 #include "cuda/common/launch.h"
@@ -38,8 +39,8 @@ Status launch_seesaw(const detail::DecodeProblem& p, const ScheduleView& schedul
   // One row tile reads each page once: stream it through L2. Several read it one after another.
   src.evict_first = row_tiles == 1 ? 1 : 0;
   auto* kernel = &sm90::seesaw_kernel<Traits>;
-  MLA_CUDA_RETURN_IF_ERROR(cudaFuncSetAttribute(
-      kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(Cfg::kSmemBytes)));
+  MLA_CUDA_RETURN_IF_ERROR(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                                static_cast<int>(Cfg::kSmemBytes)));
   return launch_kernel("sm90::seesaw_kernel", kernel, dim3(schedule.num_parts, row_tiles),
                        dim3(Cfg::kThreads), Cfg::kSmemBytes, stream, pdl, p, schedule, src);
 }

@@ -190,8 +190,8 @@ struct SeesawCta {
               const int64_t j = tok + r;
               const int32_t page = __ldg(pages + (j < tok_end ? (j >> p.page_shift) : 0));
               if (j < tok_end && (page < 0 || page >= p.num_pages)) {
-                atomicMin(&s.header->error_key,
-                          error_key(b, DataError::kBadPage, static_cast<int32_t>(j >> p.page_shift)));
+                atomicMin(&s.header->error_key, error_key(b, DataError::kBadPage,
+                                                          static_cast<int32_t>(j >> p.page_shift)));
                 break;
               }
             }
@@ -233,8 +233,7 @@ struct SeesawCta {
 #pragma unroll
     for (int kr = 0; kr < Cfg::kRopeSteps; ++kr) {
       wgmma::wgmma_m64n64k16_rs<Traits::kIsBf16>(
-          sc, q_rope[kr],
-          wgmma::desc_add(dk0, Cfg::kLatentSlabs * Cfg::kSlabBytes + kr * 32));
+          sc, q_rope[kr], wgmma::desc_add(dk0, Cfg::kLatentSlabs * Cfg::kSlabBytes + kr * 32));
     }
     wgmma::commit_group();
   }
@@ -330,9 +329,9 @@ struct SeesawCta {
         pa[2 * nt + i] = Traits::pack(p0, p1);
         const int rr = band + g + 8 * i;
         const int tok = nt * 8 + 2 * c;
-        ptx::st_shared_u32(addr(sm.p[which][0]) + rr * 128 + (((tok >> 3) ^ (rr & 7)) << 4) +
-                               (tok & 7) * 2,
-                           pa[2 * nt + i]);
+        ptx::st_shared_u32(
+            addr(sm.p[which][0]) + rr * 128 + (((tok >> 3) ^ (rr & 7)) << 4) + (tok & 7) * 2,
+            pa[2 * nt + i]);
       }
     }
   }
@@ -561,7 +560,7 @@ struct SeesawCta {
     wgmma::fence_operands(o);
     if (release_b) release_tile(1);
 
-    // ---- epilogue: row sums of both warpgroups; each stores its 256 columns ----
+      // ---- epilogue: row sums of both warpgroups; each stores its 256 columns ----
 #pragma unroll
     for (int i = 0; i < 2; ++i) {
       const float sum = softmax::quad_sum(l[i]);

@@ -1,13 +1,13 @@
 // Host side of tensor_map.h.
-#include "cuda/sm90/tensor_map.h"
-
-#include <cuda_runtime.h>
 #include <cudaTypedefs.h>
+#include <cuda_runtime.h>
 
 #include <cstdint>
 #include <cstring>
 #include <mutex>
 #include <unordered_map>
+
+#include "cuda/sm90/tensor_map.h"
 
 namespace mla::cuda::sm90 {
 namespace {
@@ -80,8 +80,12 @@ bool kv_tensor_map(const detail::DecodeProblem& p, CUtensorMap* map) {
   if (p.page_size < 64) return false;
   static std::mutex mutex;
   static std::unordered_map<Key, CUtensorMap, KeyHash> cache;
-  const Key key{p.kv,           p.num_pages,      p.page_size,
-                p.kv_stride_page, p.kv_stride_row, static_cast<int32_t>(p.dtype)};
+  const Key key{p.kv,
+                p.num_pages,
+                p.page_size,
+                p.kv_stride_page,
+                p.kv_stride_row,
+                static_cast<int32_t>(p.dtype)};
   std::lock_guard<std::mutex> lock(mutex);
   if (auto it = cache.find(key); it != cache.end()) {
     *map = it->second;
