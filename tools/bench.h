@@ -20,6 +20,7 @@ struct BenchWorkload {
   double empty_fraction = 0.0;  // share of requests with seq_len 0 (CUDA-graph padding)
   bool varlen = false;          // seq_lens drawn uniformly in [seq_len / 2, 3 seq_len / 2]
   DType dtype = DType::kBFloat16;
+  int sparse_topk = 0;  // > 0: sparse_decode() over this many chosen tokens of the seq_len
 };
 
 struct BenchOptions {
@@ -61,6 +62,10 @@ void count_work(const BenchWorkload& w, const std::vector<int>& seq_lens, double
 std::vector<int> make_seq_lens(const BenchWorkload& w, unsigned seed);
 // The eight rows of the spec's section 6.
 std::vector<BenchWorkload> spec_table();
+// The sparse rows of issue 12 with `topk` chosen tokens (bench_sparse_cpu.cpp).
+std::vector<BenchWorkload> sparse_table(int topk);
+// Times sparse_decode() on the CPU for `w` (w.sparse_topk > 0) with `threads` threads.
+BenchResult bench_sparse_cpu(const BenchOptions& options, const BenchWorkload& w, int threads);
 
 // Prints the table (and JSON when requested). Returns 0.
 int report(const BenchOptions& options, const Ceilings& ceilings,

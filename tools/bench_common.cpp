@@ -62,6 +62,7 @@ std::string workload_label(const BenchWorkload& w) {
   char buf[128];
   std::snprintf(buf, sizeof buf, "h%d s%d b%d L%d%s%s p%d", w.h_q, w.s_q, w.batch, w.seq_len,
                 w.varlen ? "~" : "", w.empty_fraction > 0 ? " +empty" : "", w.page_size);
+  if (w.sparse_topk > 0) return std::string(buf) + " topk" + std::to_string(w.sparse_topk);
   return buf;
 }
 
@@ -85,10 +86,10 @@ void write_json(const std::string& path, const Ceilings& ceilings,
                  "    {\"name\": \"%s\", \"variant\": \"%s\", \"h_q\": %d, \"s_q\": %d, "
                  "\"batch\": %d, \"seq_len\": %d, \"page_size\": %d, \"causal\": %s, "
                  "\"varlen\": %s, \"empty_fraction\": %.3f, \"dtype\": \"%s\", \"time_us\": %.3f, "
-                 "\"gbps\": %.1f, \"tflops\": %.4f}%s\n",
+                 "\"gbps\": %.1f, \"tflops\": %.4f, \"sparse_topk\": %d}%s\n",
                  w.name.c_str(), r.variant.c_str(), w.h_q, w.s_q, w.batch, w.seq_len, w.page_size,
                  w.causal ? "true" : "false", w.varlen ? "true" : "false", w.empty_fraction,
-                 dtype_name(w.dtype), r.time_us, r.gbps(), r.tflops(),
+                 dtype_name(w.dtype), r.time_us, r.gbps(), r.tflops(), w.sparse_topk,
                  i + 1 < results.size() ? "," : "");
   }
   std::fprintf(f, "  ]\n}\n");

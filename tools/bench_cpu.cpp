@@ -176,13 +176,19 @@ int run_bench_cpu(const BenchOptions& options) {
   ceilings.copy_gbps = measure_cpu_copy_gbps(threads);
   ceilings.compute_tflops = measure_cpu_fma_gflops(threads) * 1e-3;
 
-  std::vector<BenchWorkload> workloads =
-      options.table ? spec_table() : std::vector<BenchWorkload>{options.workload};
+  const int topk = options.workload.sparse_topk;
+  std::vector<BenchWorkload> workloads = options.table
+                                             ? (topk > 0 ? sparse_table(topk) : spec_table())
+                                             : std::vector<BenchWorkload>{options.workload};
   if (!options.table && workloads[0].name.empty()) workloads[0].name = "default";
   std::vector<BenchResult> results;
   for (BenchWorkload& w : workloads) {
     w.dtype = options.workload.dtype;
     std::fprintf(stderr, "timing %s...\n", w.name.c_str());
+    if (w.sparse_topk > 0) {
+      results.push_back(bench_sparse_cpu(options, w, threads));
+      continue;
+    }
     results.push_back(bench_workload(options, w, threads));
     if (options.reference) {
       results.push_back(bench_reference(w));

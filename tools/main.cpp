@@ -1,6 +1,7 @@
 // mla-decode: the command-line checker and benchmark.
 //   mla-decode check [--device auto|cpu|cuda] [--level 0|1|2]
 //   mla-decode bench [--device auto|cpu|cuda] [--h-q 16 --s-q 1 --batch 32 --seq-len 4096 ...]
+//                    [--sparse-topk 2048 [--table]]   (sparse decode, CPU only for now)
 //   mla-decode kernels [--cuda-device N]
 #include <CLI/CLI.hpp>
 #include <cstdio>
@@ -66,6 +67,11 @@ int main(int argc, char** argv) {
   bench_cmd->add_flag("--varlen", w.varlen, "Draw seq_lens uniformly in [seq_len/2, 3 seq_len/2]");
   bench_cmd->add_option("--empty-fraction", w.empty_fraction, "Share of requests with seq_len 0")
       ->check(CLI::Range(0.0, 1.0));
+  bench_cmd
+      ->add_option("--sparse-topk", w.sparse_topk,
+                   "CPU: time sparse_decode over N chosen tokens of each request's seq_len; "
+                   "with --table, the sparse rows of issue 12 with topk N")
+      ->check(CLI::Range(1, 4096));
   bench_cmd->add_flag("--table", bench.table, "Run the eight rows of the spec's section 6");
   bench_cmd->add_option("--layers", bench.layers, "CUDA: time N decode calls captured as one graph")
       ->check(CLI::NonNegativeNumber);
@@ -99,6 +105,11 @@ int main(int argc, char** argv) {
   }
   w.dtype = dtype == "fp16" ? mla::DType::kFloat16 : mla::DType::kBFloat16;
   bench.device = resolve_device(device);
+  if (bench.device.type == mla::DeviceType::kCUDA && w.sparse_topk > 0) {
+    std::fprintf(stderr,
+                 "mla-decode bench: sparse decode has no CUDA kernels yet; use --device cpu\n");
+    return 2;
+  }
   if (bench.device.type == mla::DeviceType::kCUDA) return mla::tools::run_bench_cuda(bench);
   return mla::tools::run_bench_cpu(bench);
 }

@@ -201,6 +201,64 @@ struct MergeParams {
 
 Status merge_states(const MergeParams& params, const ExecConfig& config);
 
+/// Largest number of selected tokens per query token (topk) sparse_decode() accepts.
+inline constexpr int kMaxTopK = 4096;
+
+/// Sparse decode arguments (DeepSeek sparse attention): each query token attends to the cache
+/// slots an indexer chose for it, not to a block table's prefix. No block table and no causal
+/// rule: the indexer decided. Shapes use batch B, query tokens S (s_q), heads H (h_q), and
+/// K = topk (1..kMaxTopK).
+///
+/// Semantics (natural-log LSE): for request b, query token s, head h, the selected entries are
+///   J(b, s) = { k < n_b : indices[b,s,k] != -1 },  n_b = topk_lengths ? topk_lengths[b] : K
+/// (entries at k >= n_b are never read, whatever they hold). With slot = indices[b,s,k],
+/// V[slot] = kv_cache[slot / page_size, slot % page_size] and
+///   logit[k] = softmax_scale * dot(q[b,s,h,0:576], V[slot, 0:576])   for k in J
+///   Z        = sum_{k in J} exp(logit[k]) + (attn_sink ? exp(attn_sink[h]) : 0)
+///   out[b,s,h,:] = sum_{k in J} exp(logit[k]) * V[slot, 0:512] / Z
+///   lse[b,s,h]   = ln(Z)                    (the sink's term INCLUDED)
+/// The sink is a per-head logit of a token whose value is zero: it only enlarges Z. The
+/// returned lse includes it, so lse is the normaliser of `out` (out * exp(lse) is the
+/// unnormalised sum). Two results with a sink cannot be merged by merge_states() without
+/// counting the sink twice: to merge partial results, decode them without attn_sink.
+/// Duplicated slots count once per occurrence, as the formula says; the order of the entries
+/// does not matter. Empty rows (J empty: all entries -1, or topk_lengths[b] == 0): out = 0 and
+/// lse = -inf; with a sink, out = 0 and lse = attn_sink[h] (the lse of the sink alone).
+/// Data errors: an entry of J below -1 or at or beyond num_pages * page_size, or a
+/// topk_lengths[b] outside [0, K]. CPU: rejected with kDataError before anything is written.
+/// The cache is bf16/fp16 like decode()'s (the KV format field of the fp8 formats is to be added
+/// here too). out and lse must not share memory with any other argument.
+struct SparseDecodeParams {
+  TensorView q;                ///< [B, S, H, 576] bf16/fp16; or q_nope [B, S, H, 512] with q_pe.
+  TensorView q_pe;             ///< Optional [B, S, H, 64], same dtype as q.
+  TensorView kv_cache;         ///< [num_pages, page_size, 576], same dtype as q.
+  TensorView indices;          ///< [B, S, K] int32: slot = page * page_size + offset, -1 = none.
+  TensorView topk_lengths;     ///< Optional [B] int32: only the first topk_lengths[b] entries of
+                               ///< request b count.
+  TensorView attn_sink;        ///< Optional [H] fp32: per-head sink logit (natural-log domain).
+  TensorView out;              ///< [B, S, H, 512], same dtype as q. Written in full.
+  TensorView lse;              ///< Optional [B, S, H] fp32, any strides. Written in full if given.
+  float softmax_scale = 0.0f;  ///< Must be finite and > 0.
+};
+
+/// Shapes that decide the sparse workspace size.
+struct SparseDecodeShape {
+  int64_t batch = 0;
+  int64_t s_q = 1;
+  int64_t h_q = 0;
+  int64_t topk = 1;
+};
+
+/// Bytes of workspace sparse_decode() needs on `device` for these shapes (CPU: depends on
+/// config.num_threads too; the reference needs none). CUDA: kUnsupported (not implemented yet).
+Status sparse_workspace_size(const SparseDecodeShape& shape, Device device,
+                             const ExecConfig& config, size_t* bytes);
+
+/// Sparse decode (see SparseDecodeParams). Writes every element of out (and lse when given).
+/// CUDA: validated like on the CPU, then kUnsupported before anything is launched or written.
+Status sparse_decode(const SparseDecodeParams& params, Workspace workspace,
+                     const ExecConfig& config);
+
 /// Whether this build has the CUDA backend compiled in.
 bool cuda_available_in_build();
 /// Number of CUDA devices usable now (0 without a driver, a device or the CUDA backend).

@@ -344,6 +344,13 @@ def merge_states(out_a, lse_a, out_b, lse_b, *, out=None, lse=None, stream=None)
     return out, lse
 
 
+from .sparse import (  # noqa: E402  (uses the helpers above)
+    MAX_TOPK,
+    alloc_sparse_workspace,
+    sparse_decode,
+    sparse_workspace_size,
+)
+
 __all__ = [
     "HEAD_DIM_QK",
     "HEAD_DIM_ROPE",
@@ -351,6 +358,7 @@ __all__ = [
     "MAX_HEADS_Q",
     "MAX_PAGE_SIZE",
     "MAX_SEQ_Q",
+    "MAX_TOPK",
     "WORKSPACE_ALIGNMENT",
     "CudaError",
     "DataError",
@@ -358,6 +366,7 @@ __all__ = [
     "InvalidArgumentError",
     "MlaError",
     "UnsupportedError",
+    "alloc_sparse_workspace",
     "alloc_workspace",
     "check_data_errors",
     "cuda_available_in_build",
@@ -366,6 +375,8 @@ __all__ = [
     "decode_planned",
     "merge_states",
     "plan",
+    "sparse_decode",
+    "sparse_workspace_size",
     "workspace_size",
     "write_kv_cache",
 ]

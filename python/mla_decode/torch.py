@@ -9,6 +9,8 @@ Ops (``torch.ops.mla_decode.*``), each registered with ``torch.library.custom_op
     decode_planned(..same..) -> ()
     write_kv_cache(kv_c, k_pe, slot_mapping, kv_cache!) -> ()
     merge_states(out_a, lse_a, out_b, lse_b, out!, lse!?) -> ()
+    sparse_decode(q, q_pe?, kv_cache, indices, topk_lengths?, attn_sink?, softmax_scale,
+                  out!, lse!?, workspace!?) -> ()      # CPU only for now
 
 The Python functions below allocate outputs with ``torch.empty`` and call the ops.
 
@@ -461,6 +463,8 @@ def flash_mla_with_kvcache(
     return out, lse
 
 
+from ._torch_sparse import sparse_decode, sparse_workspace_size  # noqa: E402
+
 __all__ = [
     "alloc_workspace",
     "decode",
@@ -470,6 +474,8 @@ __all__ = [
     "merge_states",
     "plan",
     "reserve_workspace",
+    "sparse_decode",
+    "sparse_workspace_size",
     "workspace_size",
     "write_kv_cache",
 ]

@@ -418,6 +418,63 @@ NB_MODULE(_C, m) {
       nb::arg("stream") = 0,
       "Merge two partial attention results by their natural-log LSEs (-inf = empty part).");
 
+  m.attr("MAX_TOPK") = mla::kMaxTopK;
+  m.def(
+      "sparse_workspace_size",
+      [](int64_t batch, int64_t s_q, int64_t h_q, int64_t topk, bool cuda, int device_index,
+         int num_threads) {
+        mla::Device device{cuda ? mla::DeviceType::kCUDA : mla::DeviceType::kCPU,
+                           cuda ? device_index : 0};
+        size_t bytes = 0;
+        mla::Status status;
+        {
+          nb::gil_scoped_release release;
+          status = mla::sparse_workspace_size(mla::SparseDecodeShape{batch, s_q, h_q, topk}, device,
+                                              exec_config(num_threads, false, 0), &bytes);
+        }
+        check(status);
+        return bytes;
+      },
+      nb::arg("batch"), nb::arg("s_q"), nb::arg("h_q"), nb::arg("topk"), nb::kw_only(),
+      nb::arg("cuda"), nb::arg("device_index"), nb::arg("num_threads"),
+      "Bytes of workspace sparse_decode() needs for these shapes (CPU; CUDA: UnsupportedError).");
+
+  m.def(
+      "sparse_decode",
+      [](nb::handle q, nb::handle kv_cache, nb::handle indices, float softmax_scale, nb::handle out,
+         nb::handle workspace, nb::handle q_pe, nb::handle topk_lengths, nb::handle attn_sink,
+         nb::handle lse, int num_threads, bool reference, uintptr_t stream) {
+        Call call("mla::sparse_decode");
+        mla::SparseDecodeParams params;
+        params.q = call.input("q", q);
+        params.q_pe = call.optional_input("q_pe", q_pe);
+        params.kv_cache = call.input("kv_cache", kv_cache);
+        params.indices = call.input("indices", indices);
+        params.topk_lengths = call.optional_input("topk_lengths", topk_lengths);
+        params.attn_sink = call.optional_input("attn_sink", attn_sink);
+        params.out = call.output("out", out);
+        params.lse = call.optional_output("lse", lse);
+        params.softmax_scale = softmax_scale;
+        mla::Device device;
+        const mla::Workspace ws = call.buffer("workspace", workspace, &params.q.device, &device);
+        if (reference && params.q.device.type != mla::DeviceType::kCPU) {
+          raise_invalid(call.fn(), "reference",
+                        "the reference implementation runs on the CPU only");
+        }
+        mla::Status status;
+        {
+          nb::gil_scoped_release release;
+          status = mla::sparse_decode(params, ws, exec_config(num_threads, reference, stream));
+        }
+        check(status);
+      },
+      nb::arg("q").none(), nb::arg("kv_cache").none(), nb::arg("indices").none(),
+      nb::arg("softmax_scale"), nb::arg("out").none(), nb::arg("workspace").none(), nb::kw_only(),
+      nb::arg("q_pe") = nb::none(), nb::arg("topk_lengths") = nb::none(),
+      nb::arg("attn_sink") = nb::none(), nb::arg("lse") = nb::none(), nb::arg("num_threads") = 0,
+      nb::arg("reference") = false, nb::arg("stream") = 0,
+      "mla::sparse_decode: attention over the cache slots in indices (-1 = none).");
+
   m.def(
       "data_ptr",
       [](nb::handle array) {

@@ -1,9 +1,6 @@
 // The public entry points: validate, then dispatch to the CPU or CUDA backend.
-#include <exception>
-#include <new>
-#include <thread>
-
 #include "core/backends.h"
+#include "core/entry.h"
 #include "core/status.h"
 #include "core/validate.h"
 #include "mla/mla.h"
@@ -11,32 +8,9 @@
 namespace mla {
 namespace {
 
-int resolve_threads(const ExecConfig& config) {
-  if (config.num_threads > 0) return config.num_threads;
-  const unsigned n = std::thread::hardware_concurrency();
-  return n == 0 ? 1 : static_cast<int>(n);
-}
-
-Status check_config(const char* fn, const ExecConfig& config) {
-  if (config.num_threads < 0) {
-    return detail::invalid_argument(fn, "config.num_threads", "must be >= 0, got ",
-                                    config.num_threads);
-  }
-  return Status();
-}
-
-// Runs `body`, turning an escaping exception (allocation failure) into a Status: nothing throws
-// across the API. Every message leaves with the entry point's name in front.
-template <typename F>
-Status guarded(const char* fn, F&& body) {
-  try {
-    return detail::with_context(fn, body());
-  } catch (const std::bad_alloc&) {
-    return Status(StatusCode::kInternal, std::string(fn) + ": out of host memory");
-  } catch (const std::exception& e) {
-    return Status(StatusCode::kInternal, std::string(fn) + ": " + e.what());
-  }
-}
+using detail::check_config;
+using detail::guarded;
+using detail::resolve_threads;
 
 // Shared front half of plan / decode_planned / decode on the CPU: validate everything, data
 // included. (The CUDA backend checks the workspace against its launch plan itself.)

@@ -10,9 +10,9 @@
 #include <vector>
 
 #include "core/status.h"
+#include "core/validate_checks.h"
 
 namespace mla::detail {
-namespace {
 
 std::string shape_string(const TensorView& t) {
   std::string s = "[";
@@ -27,13 +27,6 @@ std::string device_string(Device d) {
 bool same_device(Device a, Device b) {
   return a.type == b.type && (a.type == DeviceType::kCPU || a.index == b.index);
 }
-
-// Expected extent of each dimension; -1 accepts any non-negative extent.
-struct Expect {
-  const char* layout;  // for messages, e.g. "[batch, s_q, h_q, 576]"
-  int ndim;
-  int64_t shape[kMaxDims];
-};
 
 // Views reach at most this many bytes from their first element: far beyond any allocation, and
 // small enough that offset arithmetic on a checked view (one more stride included) cannot
@@ -302,8 +295,6 @@ Status check_shape(const char* fn, const char* arg, const DecodeShape& shape) {
   }
   return Status();
 }
-
-}  // namespace
 
 Status check_workspace(const char* fn, const Workspace& ws, size_t required) {
   if (ws.bytes < required) {
