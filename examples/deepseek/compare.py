@@ -133,6 +133,12 @@ def engine_run(engine: Engine, prompts, tokens: torch.Tensor) -> Run:
         if not torch.isfinite(logits[PADDING_SLOT]).all():
             raise AssertionError("the padding slot's logits are not finite")
         step_logits.append(logits[slots].cpu())
+    # The cache started as NaN: exactly the requests' tokens were written, nothing for padding.
+    written = (~engine.kv_cache.isnan().any(-1)).sum(dim=(1, 2))
+    if not (written == sum(engine.lens)).all():
+        raise AssertionError(
+            f"cache rows written per layer {written.tolist()}, tokens {engine.lens}"
+        )
     return Run(prompts, prompt_logits, tokens, torch.stack(step_logits))
 
 
