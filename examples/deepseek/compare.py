@@ -250,7 +250,7 @@ def main(argv=None):
     parser.add_argument("--s-q", type=int, default=1)
     parser.add_argument("--steps", type=int, default=32)
     parser.add_argument(
-        "--cuda-graph", action="store_true", help="replay each step from a CUDA graph (dense model)"
+        "--cuda-graph", action="store_true", help="replay each step from a CUDA graph"
     )
     parser.add_argument("--dense", action="store_true", help="no MoE layer")
     parser.add_argument(
@@ -259,7 +259,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    moe = not (args.dense or args.cuda_graph)
+    moe = not args.dense
     common = dict(
         device=args.device, page_size=args.page_size, s_q=args.s_q, steps=args.steps, moe=moe
     )

@@ -25,8 +25,7 @@ YARN = {
 
 
 def small_config(num_layers: int = 3, num_heads: int = 16, moe: bool = True, **overrides):
-    """DeepseekV3Config of the example model. moe=False makes every layer dense (the HF MoE
-    loops over experts with data-dependent indexing, which CUDA-graph capture does not allow)."""
+    """DeepseekV3Config of the example model; moe=False makes every layer dense."""
     kwargs = dict(
         vocab_size=2048,
         hidden_size=1024,
