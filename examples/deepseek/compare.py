@@ -33,7 +33,8 @@ from deepseek.model import build_model, small_config  # noqa: E402
 # (W_UK applied to q instead of to the cached latents, bf16 q_lat and attention output, another
 # summation order): on the CPU they differ by up to 0.031 at every page size and s_q, while the
 # bf16 reference itself is 0.037 away from the same model run in float32. The tolerance is four
-# bf16 steps at that magnitude; a wrong RoPE, scale, page or mask moves logits by far more.
+# bf16 steps at that magnitude. Bugs move logits by far more: a softmax scale without YaRN's
+# mscale by 0.47, RoPE without the interleave by 0.62.
 LOGIT_TOL = 0.0625
 
 PROMPT_LENS = (5, 19, 37)  # prefill chunks of 16 and page boundaries at every page size tested
