@@ -10,6 +10,11 @@
 # On an H100 the whole run takes about ten minutes (build 20 s, ctest 120 s, memcheck 180 s,
 # synccheck 150 s, racecheck 50 s, bench 60 s); memcheck and synccheck run every GPU test, so
 # `--no-tests` loses no coverage when the sanitizers run, and `--no-sanitizer` gives a quick pass.
+# `--model-check` also installs the Python package (CUDA) into python3 and runs the DeepSeek-V3
+# example's GPU tests (python/tests/test_deepseek_example.py -m gpu: the engine on mla-decode
+# against the model's own forward, eager and CUDA graphs, and 2-GPU tensor parallelism over NCCL
+# where two GPUs are visible); it is skipped when python3 cannot import torch and transformers'
+# DeepseekV3. Its output goes to ctest.log. Only it: --model-check --no-tests --no-sanitizer --no-bench.
 set -uo pipefail
 
 usage() {
@@ -31,13 +36,15 @@ usage: tools/gpu-check.sh [options]
   --level N           MLA_TEST_LEVEL for the tests and sanitizer passes (default 0)
   --build-dir DIR     build directory (default build-gpu)
   --arch LIST         CMAKE_CUDA_ARCHITECTURES (default 90)
+  --model-check       pip install the package (MLA_CUDA=ON) and run the DeepSeek-V3 example's GPU
+                      tests, when python3 imports torch and transformers with DeepseekV3
   --kernels LIST      also run the bench table with each named kernel configuration
                       (MLA_CUDA_KERNEL), comma-separated, e.g. sm90n64s2,m4n64s2w8, or `all`:
                       every registered configuration the card runs (`mla-decode kernels`)
 EOF
 }
 
-run_tests=1 run_sanitizer=1 run_bench=1
+run_tests=1 run_sanitizer=1 run_bench=1 run_model=0
 tools="memcheck,initcheck,racecheck,synccheck"
 # The exhaustive kernel sweeps take minutes under racecheck / initcheck; memcheck runs them all.
 filter='*' slow_filter='*-DecodeGpu.EveryKernelConfiguration:DecodeGpu.Sweep'
@@ -48,6 +55,7 @@ while [[ $# -gt 0 ]]; do
     --no-tests) run_tests=0 ;;
     --no-sanitizer) run_sanitizer=0 ;;
     --no-bench) run_bench=0 ;;
+    --model-check) run_model=1 ;;
     --bench-only) run_tests=0; run_sanitizer=0; run_bench=1 ;;
     --ctest-regex) ctest_regex="$2"; shift ;;
     --tools) tools="$2"; shift ;;
@@ -143,6 +151,22 @@ if [[ $run_tests -eq 1 ]]; then
   note "$(grep -E 'tests passed' "$out/ctest.log" | tail -1)"
 else
   record "ctest -L gpu" skipped 0 -
+fi
+
+# --- the DeepSeek-V3 example on the Python package (optional) ----------------------------------
+if [[ $run_model -eq 1 ]]; then
+  if python3 -c 'import torch, transformers.models.deepseek_v3' >>"$out/ctest.log" 2>&1; then
+    # The image's python3 holds torch, nanobind and scikit-build-core; nothing is downloaded.
+    if MLA_CUDA=ON CMAKE_ARGS="-DCMAKE_CUDA_ARCHITECTURES=$arch" stage "pip install (model)" \
+        "$out/ctest.log" 900 python3 -m pip install -q --no-build-isolation --no-deps .; then
+      NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 stage "model check" "$out/ctest.log" 900 \
+        python3 -m pytest python/tests/test_deepseek_example.py -m gpu -q -rs
+      note "$(grep -E '[0-9]+ (passed|failed)' "$out/ctest.log" | tail -1)"
+    fi
+  else
+    echo "gpu-check: python3 lacks torch or transformers' DeepseekV3: model check skipped" | tee -a "$summary"
+    record "model check" skipped 0 -
+  fi
 fi
 
 # --- compute-sanitizer ------------------------------------------------------------------------

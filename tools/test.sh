@@ -5,7 +5,10 @@
 #      (GPU tests skip without a device);
 #      then install it and build examples/cpp against the installed package;
 #   2. ASan + UBSan build of the host code, ctest;
-#   3. the Python package: pip install . and pytest.
+#   3. the Python package: pip install . and pytest;
+#   4. the DeepSeek-V3 example against the model (tools/test-model.sh: torch and transformers in a
+#      virtualenv of their own, about 1.5 min to install cold and 1.5 min of tests on 2 cores;
+#      MLA_MODEL_CHECK=0 skips it).
 # MLA_TEST_LEVEL (0 quick, 1 default, 2 exhaustive) sizes the sweeps; CI uses 0.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -46,4 +49,11 @@ ctest --preset asan -j"$jobs"
 if [ -f pyproject.toml ]; then
   echo "== Python package"
   bash tools/test-python.sh
+fi
+
+if [ "${MLA_MODEL_CHECK:-1}" != 0 ]; then
+  echo "== DeepSeek-V3 example on the CPU backend (torch + transformers in build/model-venv)"
+  model_start=$SECONDS
+  bash tools/test-model.sh
+  echo "== DeepSeek-V3 example: $((SECONDS - model_start)) s in all"
 fi
