@@ -516,5 +516,180 @@ TEST(Fp8RoundTrip, WriteThenDecodeEqualsReferenceOnDequantisedValues) {
   }
 }
 
+// ---------------------------------------------------------------------------------------------
+// Validation of the KV-format arguments: every mistake names its argument, and out and lse
+// keep their poison.
+
+class Fp8Validation : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    DecodeCase c = make_case("validation", 2, 1, 4, 16, {20, 5}, false, 3);
+    c.kv_format = KvFormat::kFp8E4M3;
+    hd_ = make_decode(c);
+    c.kv_format = KvFormat::kFp8DsMla;
+    ds_ = make_decode(c);
+    out_.assign(hd_.out_elems, kPoison16);
+    lse_.assign(hd_.lse_elems, std::numeric_limits<float>::quiet_NaN());
+    scale_ = 1.0f / 256;
+  }
+
+  DecodeParams valid(bool ds_mla = false) {
+    HostDecode& h = ds_mla ? ds_ : hd_;
+    return h.params(Device{}, h.q.data(), h.q_pe.data(), h.kv.data(), h.block_table.data(),
+                    h.seq_lens.data(), out_.data(), lse_.data(), &scale_);
+  }
+
+  void expect_rejected(DecodeParams p, StatusCode code,
+                       std::initializer_list<const char*> fragments) {
+    ExecConfig config;
+    config.reference = true;
+    const Status s = decode(p, Workspace{}, config);
+    ASSERT_FALSE(s.ok()) << "accepted; expected a message with " << *fragments.begin();
+    EXPECT_EQ(s.code(), code) << s.message();
+    for (const char* f : fragments) {
+      EXPECT_NE(s.message().find(f), std::string::npos)
+          << "message \"" << s.message() << "\" lacks \"" << f << "\"";
+    }
+    for (size_t i = 0; i < out_.size(); ++i) ASSERT_EQ(out_[i], kPoison16) << i;
+    for (size_t i = 0; i < lse_.size(); ++i) ASSERT_TRUE(std::isnan(lse_[i])) << i;
+  }
+
+  HostDecode hd_, ds_;
+  std::vector<uint16_t> out_;
+  std::vector<float> lse_;
+  float scale_;
+};
+
+TEST_F(Fp8Validation, ValidCallsSucceed) {
+  ExecConfig config;
+  config.reference = true;
+  EXPECT_TRUE(decode(valid(), Workspace{}, config).ok());
+  EXPECT_TRUE(decode(valid(true), Workspace{}, config).ok());
+  DecodeParams p = valid();
+  p.kv_scale = 1.0f;
+  p.kv_scale_tensor = make_tensor(&scale_, DType::kFloat32, {1});
+  EXPECT_TRUE(decode(p, Workspace{}, config).ok());
+}
+
+TEST_F(Fp8Validation, Format) {
+  DecodeParams p = valid();
+  p.kv_format = static_cast<KvFormat>(7);
+  expect_rejected(p, StatusCode::kInvalidArgument, {"mla::decode: argument 'kv_format'", "7"});
+  p = valid();
+  p.kv_cache.dtype = DType::kBFloat16;  // an fp8 format needs a uint8 cache
+  expect_rejected(p, StatusCode::kInvalidArgument, {"'kv_cache'", "uint8", "bfloat16"});
+  p = valid();
+  p.kv_format = KvFormat::kSameAsQ;  // a uint8 cache without an fp8 format
+  p.kv_scale = 1.0f;
+  expect_rejected(p, StatusCode::kInvalidArgument, {"'kv_cache'", "uint8"});
+  p = valid();
+  p.kv_format = KvFormat::kFp8DsMla;  // 576-byte rows are not fp8_ds_mla
+  p.kv_scale = 1.0f;
+  expect_rejected(p, StatusCode::kInvalidArgument, {"'kv_cache'", "656", "fp8_ds_mla"});
+  p = valid(true);
+  p.kv_format = KvFormat::kFp8E4M3;  // 656-byte rows are not fp8_e4m3
+  expect_rejected(p, StatusCode::kInvalidArgument, {"'kv_cache'", "576", "fp8_e4m3"});
+}
+
+TEST_F(Fp8Validation, Scale) {
+  for (float bad : {0.0f, -1.0f, std::nanf(""), std::numeric_limits<float>::infinity()}) {
+    DecodeParams p = valid();
+    p.kv_scale = bad;
+    expect_rejected(p, StatusCode::kInvalidArgument, {"'kv_scale'", "finite and > 0"});
+  }
+  DecodeParams p = valid(true);
+  p.kv_scale = 0.5f;  // fp8_ds_mla carries its own scales
+  expect_rejected(p, StatusCode::kInvalidArgument, {"'kv_scale'", "fp8_ds_mla"});
+  p = valid(true);
+  p.kv_scale_tensor = make_tensor(&scale_, DType::kFloat32, {1});
+  expect_rejected(p, StatusCode::kInvalidArgument, {"'kv_scale_tensor'", "fp8_e4m3"});
+  p = valid();
+  p.kv_scale_tensor = make_tensor(&scale_, DType::kFloat32, {1});  // and kv_scale = 1/256
+  expect_rejected(p, StatusCode::kInvalidArgument, {"'kv_scale'", "must stay 1"});
+  p.kv_scale = 1.0f;
+  p.kv_scale_tensor.dtype = DType::kBFloat16;
+  expect_rejected(p, StatusCode::kInvalidArgument, {"'kv_scale_tensor'", "float32"});
+  float two[2] = {1, 1};
+  p.kv_scale_tensor = make_tensor(two, DType::kFloat32, {2});
+  expect_rejected(p, StatusCode::kInvalidArgument, {"'kv_scale_tensor'", "[1]"});
+  p.kv_scale_tensor = make_tensor(two, DType::kFloat32, {1}, Device{DeviceType::kCUDA, 0});
+  expect_rejected(p, StatusCode::kInvalidArgument, {"'kv_scale_tensor'", "cuda:0"});
+  // The tensor's value is data: checked on the CPU before anything is written.
+  for (float bad : {0.0f, -2.0f, std::nanf("")}) {
+    scale_ = bad;
+    p.kv_scale_tensor = make_tensor(&scale_, DType::kFloat32, {1});
+    expect_rejected(p, StatusCode::kDataError, {"'kv_scale_tensor'", "finite and > 0"});
+  }
+  // An output may not overlap the scale.
+  p = valid();
+  p.kv_scale = 1.0f;
+  p.kv_scale_tensor = make_tensor(lse_.data(), DType::kFloat32, {1});
+  expect_rejected(p, StatusCode::kInvalidArgument, {"'lse'", "kv_scale_tensor"});
+}
+
+// On a CUDA device fp8 formats are refused, naming kv_format, before anything is launched: the
+// views below point at host memory, which a launch would fault on.
+TEST_F(Fp8Validation, CudaRefusesFp8) {
+  const Device cuda{DeviceType::kCUDA, 0};
+  for (bool ds_mla : {false, true}) {
+    HostDecode& h = ds_mla ? ds_ : hd_;
+    DecodeParams p = h.params(cuda, h.q.data(), h.q_pe.data(), h.kv.data(), h.block_table.data(),
+                              h.seq_lens.data(), out_.data(), lse_.data(), &scale_);
+    for (auto* fn : {&decode, &plan, &decode_planned}) {
+      const Status s = (*fn)(p, Workspace{}, ExecConfig{});
+      EXPECT_EQ(s.code(), StatusCode::kUnsupported) << s.message();
+      const std::string expect = std::string("argument 'kv_format': ") +
+                                 (ds_mla ? "fp8_ds_mla" : "fp8_e4m3") +
+                                 " is not supported on CUDA yet";
+      EXPECT_NE(s.message().find(expect), std::string::npos) << s.message();
+    }
+  }
+  WriteSetup w = make_write(KvFormat::kFp8DsMla, 4, 1);
+  KvCacheWriteParams wp = write_params(w, KvFormat::kFp8DsMla);
+  for (TensorView* t : {&wp.kv_c, &wp.k_pe, &wp.slot_mapping, &wp.kv_cache}) t->device = cuda;
+  const Status s = write_kv_cache(wp, {});
+  EXPECT_EQ(s.code(), StatusCode::kUnsupported) << s.message();
+  EXPECT_NE(s.message().find("mla::write_kv_cache: argument 'kv_format': fp8_ds_mla is not "
+                             "supported on CUDA yet"),
+            std::string::npos)
+      << s.message();
+}
+
+TEST(Fp8KvWriteValidation, Arguments) {
+  WriteSetup w = make_write(KvFormat::kFp8E4M3, 4, 2);
+  const std::vector<uint8_t> before = w.cache;
+  auto expect_rejected = [&](const KvCacheWriteParams& p, StatusCode code, const char* arg,
+                             const char* fragment) {
+    const Status s = write_kv_cache(p, {});
+    EXPECT_EQ(s.code(), code) << s.message();
+    EXPECT_NE(s.message().find(std::string("argument '") + arg + "'"), std::string::npos)
+        << s.message();
+    EXPECT_NE(s.message().find(fragment), std::string::npos) << s.message();
+    EXPECT_EQ(w.cache, before);
+  };
+  KvCacheWriteParams p = write_params(w, KvFormat::kFp8E4M3);
+  p.kv_scale = std::nanf("");
+  expect_rejected(p, StatusCode::kInvalidArgument, "kv_scale", "finite and > 0");
+  p = write_params(w, KvFormat::kFp8E4M3);
+  p.ds_mla_pow2_scale = true;
+  expect_rejected(p, StatusCode::kInvalidArgument, "ds_mla_pow2_scale", "fp8_ds_mla");
+  p = write_params(w, KvFormat::kFp8E4M3);
+  p.k_pe.dtype = DType::kFloat16;
+  expect_rejected(p, StatusCode::kInvalidArgument, "k_pe", "kv_c");
+  p = write_params(w, KvFormat::kFp8E4M3);
+  p.kv_c.dtype = DType::kFloat32;
+  expect_rejected(p, StatusCode::kInvalidArgument, "kv_c", "bfloat16 or float16");
+  p = write_params(w, KvFormat::kFp8DsMla);  // 576-byte rows
+  expect_rejected(p, StatusCode::kInvalidArgument, "kv_cache", "656");
+  p = write_params(w, KvFormat::kFp8E4M3);
+  p.kv_scale_tensor = make_tensor(w.cache.data(), DType::kFloat32, {1});
+  p.kv_scale = 1.0f;
+  expect_rejected(p, StatusCode::kInvalidArgument, "kv_cache", "kv_scale_tensor");
+  // fp16 input into an fp8 cache is fine.
+  p = write_params(w, KvFormat::kFp8E4M3);
+  p.kv_c.dtype = p.k_pe.dtype = DType::kFloat16;
+  EXPECT_TRUE(write_kv_cache(p, {}).ok());
+}
+
 }  // namespace
 }  // namespace mla::testing
