@@ -20,6 +20,7 @@ struct BenchWorkload {
   double empty_fraction = 0.0;  // share of requests with seq_len 0 (CUDA-graph padding)
   bool varlen = false;          // seq_lens drawn uniformly in [seq_len / 2, 3 seq_len / 2]
   DType dtype = DType::kBFloat16;
+  KvFormat kv_format = KvFormat::kSameAsQ;  // fp8 formats: CPU only for now
 };
 
 struct BenchOptions {
