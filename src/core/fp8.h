@@ -72,4 +72,15 @@ MLA_FP8_HD inline uint8_t float_to_fp8_e4m3(float f) {
   return static_cast<uint8_t>(sign | ((e - 1 + 7) << 3) | (q - 8));
 }
 
+// The fp16 bit pattern of e4m3 code `v` divided by 2^8: both formats have 1 + e + m bits with
+// the exponent bias 7 (e4m3) and 15 (fp16), so shifting exponent and mantissa into place and
+// multiplying the fp16 value by 256 gives the e4m3 value exactly, subnormals included. The NaN
+// codes map to an fp16 NaN. Lets vector units convert fp8 through their fp16 instructions.
+MLA_FP8_HD inline uint16_t fp8_e4m3_to_fp16_bits_div256(uint8_t v) {
+  const uint16_t sign = static_cast<uint16_t>((v & 0x80) << 8);
+  const uint16_t mag =
+      (v & 0x7f) == 0x7f ? uint16_t{0x7e00} : static_cast<uint16_t>((v & 0x7f) << 7);
+  return static_cast<uint16_t>(sign | mag);
+}
+
 }  // namespace mla::detail

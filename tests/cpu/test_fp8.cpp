@@ -69,6 +69,21 @@ TEST(Fp8E4M3, AllCodesRoundTrip) {
   EXPECT_EQ(nans, 2);
 }
 
+// The fp16 route of the vectorised CPU path: fp16(bits) * 256 == e4m3 value for every code.
+TEST(Fp8E4M3, Fp16BitsTimes256IsExact) {
+  for (int i = 0; i < 256; ++i) {
+    const uint8_t c = static_cast<uint8_t>(i);
+    const float via_fp16 = detail::fp16_to_float(detail::fp8_e4m3_to_fp16_bits_div256(c)) * 256.0f;
+    const float v = fp8_e4m3_to_float(c);
+    if (std::isnan(v)) {
+      EXPECT_TRUE(std::isnan(via_fp16)) << i;
+    } else {
+      EXPECT_EQ(via_fp16, v) << i;
+      EXPECT_EQ(std::signbit(via_fp16), std::signbit(v)) << i;
+    }
+  }
+}
+
 // Between two neighbouring codes: below the midpoint rounds down, above it up, the midpoint to
 // the even code; beyond 448 (inf included) saturates; NaN keeps its sign.
 TEST(Fp8E4M3, RoundsToNearestEvenAndSaturates) {
