@@ -562,8 +562,9 @@ Status validate_kv_write(const char* fn, const KvCacheWriteParams& p, KvWritePro
                                              {"kv_c", &p.kv_c},
                                              {"k_pe", &p.k_pe},
                                              {"kv_scale_tensor", &p.kv_scale_tensor}}));
-  // bf16/fp16 caches define the dtype kv_c and k_pe must have; fp8 caches take either.
-  const bool fp8 = p.kv_format == KvFormat::kFp8E4M3 || p.kv_format == KvFormat::kFp8DsMla;
+  // bf16/fp16 caches define the dtype kv_c and k_pe must have; fp8 caches take either (and an
+  // unknown format is reported by check_kv_format).
+  const bool fp8 = p.kv_format != KvFormat::kSameAsQ;
   if (!fp8) {
     MLA_RETURN_IF_ERROR(
         check_dtype(fn, "kv_cache", p.kv_cache, {DType::kBFloat16, DType::kFloat16}));

@@ -682,7 +682,9 @@ TEST(Fp8KvWriteValidation, Arguments) {
     EXPECT_NE(s.message().find(fragment), std::string::npos) << s.message();
     EXPECT_EQ(w.cache, before);
   };
-  KvCacheWriteParams p = write_params(w, KvFormat::kFp8E4M3);
+  KvCacheWriteParams p = write_params(w, static_cast<KvFormat>(3));
+  expect_rejected(p, StatusCode::kInvalidArgument, "kv_format", "unknown value 3");
+  p = write_params(w, KvFormat::kFp8E4M3);
   p.kv_scale = std::nanf("");
   expect_rejected(p, StatusCode::kInvalidArgument, "kv_scale", "finite and > 0");
   p = write_params(w, KvFormat::kFp8E4M3);
