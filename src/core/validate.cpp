@@ -9,6 +9,7 @@
 #include <utility>
 #include <vector>
 
+#include "core/fp8.h"
 #include "core/status.h"
 
 namespace mla::detail {
@@ -302,6 +303,12 @@ Status check_shape(const char* fn, const char* arg, const DecodeShape& shape) {
   }
   return Status();
 }
+
+// detail::KvType mirrors KvFormat value for value (problem.h stays free of the public header).
+static_assert(static_cast<int>(KvType::kHalf) == static_cast<int>(KvFormat::kSameAsQ) &&
+              static_cast<int>(KvType::kFp8E4M3) == static_cast<int>(KvFormat::kFp8E4M3) &&
+              static_cast<int>(KvType::kFp8DsMla) == static_cast<int>(KvFormat::kFp8DsMla));
+static_assert(kDsMlaTokenBytes == kFp8DsMlaTokenBytes);
 
 // The KV-format arguments shared by decode and write_kv_cache: a known format, the kv_cache
 // tensor in that format's dtype and row width (bf16/fp16 caches match `ref_name`'s dtype), and
