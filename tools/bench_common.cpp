@@ -13,8 +13,12 @@ void count_work(const BenchWorkload& w, const std::vector<int>& seq_lens, double
   const double rows = static_cast<double>(w.h_q) * w.s_q;
   double tokens = 0;
   for (int len : seq_lens) tokens += len;
-  // Each cached token is read once (576 values); q is read and out written once per row.
-  *bytes = tokens * kHeadDimQK * esize + w.batch * rows * (kHeadDimQK + kHeadDimV) * esize;
+  // Bytes of one cached token: 576 values of q's type, 576 e4m3 bytes, or 656 (fp8_ds_mla).
+  const double token_bytes = w.kv_format == KvFormat::kSameAsQ   ? kHeadDimQK * esize
+                             : w.kv_format == KvFormat::kFp8E4M3 ? kHeadDimQK
+                                                                 : kFp8DsMlaTokenBytes;
+  // Each cached token is read once; q is read and out written once per row.
+  *bytes = tokens * token_bytes + w.batch * rows * (kHeadDimQK + kHeadDimV) * esize;
   // Per row and token: a 576-long dot product and a 512-wide multiply-add (2 FLOP each).
   *flops = 2.0 * rows * tokens * (kHeadDimQK + kHeadDimV);
 }
@@ -60,8 +64,10 @@ namespace {
 
 std::string workload_label(const BenchWorkload& w) {
   char buf[128];
-  std::snprintf(buf, sizeof buf, "h%d s%d b%d L%d%s%s p%d", w.h_q, w.s_q, w.batch, w.seq_len,
-                w.varlen ? "~" : "", w.empty_fraction > 0 ? " +empty" : "", w.page_size);
+  std::snprintf(buf, sizeof buf, "h%d s%d b%d L%d%s%s p%d%s%s", w.h_q, w.s_q, w.batch, w.seq_len,
+                w.varlen ? "~" : "", w.empty_fraction > 0 ? " +empty" : "", w.page_size,
+                w.kv_format == KvFormat::kSameAsQ ? "" : " ",
+                w.kv_format == KvFormat::kSameAsQ ? "" : kv_format_name(w.kv_format));
   if (w.sparse_topk > 0) return std::string(buf) + " topk" + std::to_string(w.sparse_topk);
   return buf;
 }
@@ -82,15 +88,16 @@ void write_json(const std::string& path, const Ceilings& ceilings,
   for (size_t i = 0; i < results.size(); ++i) {
     const BenchResult& r = results[i];
     const BenchWorkload& w = r.workload;
-    std::fprintf(f,
-                 "    {\"name\": \"%s\", \"variant\": \"%s\", \"h_q\": %d, \"s_q\": %d, "
-                 "\"batch\": %d, \"seq_len\": %d, \"page_size\": %d, \"causal\": %s, "
-                 "\"varlen\": %s, \"empty_fraction\": %.3f, \"dtype\": \"%s\", \"time_us\": %.3f, "
-                 "\"gbps\": %.1f, \"tflops\": %.4f, \"sparse_topk\": %d}%s\n",
-                 w.name.c_str(), r.variant.c_str(), w.h_q, w.s_q, w.batch, w.seq_len, w.page_size,
-                 w.causal ? "true" : "false", w.varlen ? "true" : "false", w.empty_fraction,
-                 dtype_name(w.dtype), r.time_us, r.gbps(), r.tflops(), w.sparse_topk,
-                 i + 1 < results.size() ? "," : "");
+    std::fprintf(
+        f,
+        "    {\"name\": \"%s\", \"variant\": \"%s\", \"h_q\": %d, \"s_q\": %d, "
+        "\"batch\": %d, \"seq_len\": %d, \"page_size\": %d, \"causal\": %s, "
+        "\"varlen\": %s, \"empty_fraction\": %.3f, \"dtype\": \"%s\", \"kv_format\": \"%s\", "
+        "\"time_us\": %.3f, \"gbps\": %.1f, \"tflops\": %.4f, \"sparse_topk\": %d}%s\n",
+        w.name.c_str(), r.variant.c_str(), w.h_q, w.s_q, w.batch, w.seq_len, w.page_size,
+        w.causal ? "true" : "false", w.varlen ? "true" : "false", w.empty_fraction,
+        dtype_name(w.dtype), kv_format_name(w.kv_format), r.time_us, r.gbps(), r.tflops(),
+        w.sparse_topk, i + 1 < results.size() ? "," : "");
   }
   std::fprintf(f, "  ]\n}\n");
   std::fclose(f);

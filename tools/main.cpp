@@ -63,6 +63,12 @@ int main(int argc, char** argv) {
   bench_cmd->add_option("--dtype", dtype, "bf16 or fp16")
       ->capture_default_str()
       ->check(CLI::IsMember({"bf16", "fp16"}));
+  std::string kv_format = "same";
+  bench_cmd
+      ->add_option("--kv-format", kv_format,
+                   "KV cache: same (the dtype of q), fp8_e4m3 or fp8_ds_mla (fp8: CPU only)")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"same", "fp8_e4m3", "fp8_ds_mla"}));
   bench_cmd->add_flag("--causal", w.causal, "Causal rule among the s_q query tokens");
   bench_cmd->add_flag("--varlen", w.varlen, "Draw seq_lens uniformly in [seq_len/2, 3 seq_len/2]");
   bench_cmd->add_option("--empty-fraction", w.empty_fraction, "Share of requests with seq_len 0")
@@ -104,12 +110,22 @@ int main(int argc, char** argv) {
     return mla::tools::run_check(check);
   }
   w.dtype = dtype == "fp16" ? mla::DType::kFloat16 : mla::DType::kBFloat16;
+  w.kv_format = kv_format == "fp8_e4m3"     ? mla::KvFormat::kFp8E4M3
+                : kv_format == "fp8_ds_mla" ? mla::KvFormat::kFp8DsMla
+                                            : mla::KvFormat::kSameAsQ;
   bench.device = resolve_device(device);
-  if (bench.device.type == mla::DeviceType::kCUDA && w.sparse_topk > 0) {
-    std::fprintf(stderr,
-                 "mla-decode bench: sparse decode has no CUDA kernels yet; use --device cpu\n");
-    return 2;
+  if (bench.device.type == mla::DeviceType::kCUDA) {
+    if (w.sparse_topk > 0) {
+      std::fprintf(stderr,
+                   "mla-decode bench: sparse decode has no CUDA kernels yet; use --device cpu\n");
+      return 2;
+    }
+    if (w.kv_format != mla::KvFormat::kSameAsQ) {
+      std::fprintf(stderr, "mla-decode bench: --kv-format %s is not supported on CUDA yet\n",
+                   kv_format.c_str());
+      return 2;
+    }
+    return mla::tools::run_bench_cuda(bench);
   }
-  if (bench.device.type == mla::DeviceType::kCUDA) return mla::tools::run_bench_cuda(bench);
   return mla::tools::run_bench_cpu(bench);
 }

@@ -32,10 +32,11 @@ inline constexpr int kMaxPageSize = 256;
 /// sections start on 256-byte boundaries; the CPU's on 64-byte cache lines).
 inline constexpr size_t kWorkspaceAlignment = 256;
 
-/// Element types. Values match nothing external; use the names.
-enum class DType : int32_t { kBFloat16, kFloat16, kFloat32, kInt32, kInt64 };
+/// Element types. Values match nothing external; use the names. kUInt8 holds raw bytes: the
+/// fp8 KV cache formats (see KvFormat) are passed as uint8 tensors.
+enum class DType : int32_t { kBFloat16, kFloat16, kFloat32, kInt32, kInt64, kUInt8 };
 
-/// "bfloat16", "float16", "float32", "int32", "int64".
+/// "bfloat16", "float16", "float32", "int32", "int64", "uint8".
 const char* dtype_name(DType dtype);
 /// Bytes per element.
 size_t dtype_size(DType dtype);
@@ -49,6 +50,25 @@ struct Device {
 };
 
 inline constexpr int kMaxDims = 4;
+
+/// How the KV cache stores a token (docs/kv_formats.md has the byte layouts).
+enum class KvFormat : int32_t {
+  /// [num_pages, page_size, 576] in the dtype of q (bf16 or fp16).
+  kSameAsQ = 0,
+  /// "fp8_e4m3": [num_pages, page_size, 576] uint8, every value (RoPE part included) an OCP
+  /// float8 e4m3 code; dequantised value = fp8 value * kv_scale (one scale per tensor).
+  kFp8E4M3 = 1,
+  /// "fp8_ds_mla": [num_pages, page_size, 656] uint8 (DeepSeek-V3.2 / FlashMLA's FP8 cache):
+  /// bytes [0, 512) the 512 latent values as e4m3, [512, 528) four fp32 scales (scale i
+  /// multiplies latent values [128 i, 128 i + 128)), [528, 656) the 64 RoPE values as bf16.
+  kFp8DsMla = 2,
+};
+
+/// "same_as_q", "fp8_e4m3", "fp8_ds_mla".
+const char* kv_format_name(KvFormat format);
+
+/// Bytes per cached token of the fp8_ds_mla format.
+inline constexpr int kFp8DsMlaTokenBytes = 656;
 
 /// A non-owning view of a strided tensor. `ndim == 0` means "absent" (for optional arguments).
 struct TensorView {
@@ -107,7 +127,8 @@ class Status {
 struct DecodeParams {
   TensorView q;            ///< [B, S, H, 576] bf16/fp16; or q_nope [B, S, H, 512] when q_pe is set.
   TensorView q_pe;         ///< Optional [B, S, H, 64], same dtype as q.
-  TensorView kv_cache;     ///< [num_pages, page_size, 576], same dtype as q.
+  TensorView kv_cache;     ///< [num_pages, page_size, 576], same dtype as q; for fp8 formats
+                           ///< uint8 [.., 576] (fp8_e4m3) or [.., 656] (fp8_ds_mla).
   TensorView block_table;  ///< [B, max_pages_per_seq] int32.
   TensorView seq_lens;     ///< [B] int32: cached tokens per request, the newest S of them are
                            ///< the tokens being decoded (when causal).
@@ -116,6 +137,15 @@ struct DecodeParams {
                            ///< works through a permuted view). Written in full when present.
   float softmax_scale = 0.0f;  ///< Usually 1/sqrt(192) for DeepSeek; must be finite and > 0.
   bool causal = false;         ///< Apply the causal rule among the S query tokens.
+  /// Storage of kv_cache. K above is the dequantised cache; q, out and lse keep their types.
+  KvFormat kv_format = KvFormat::kSameAsQ;
+  /// fp8_e4m3 only: the per-tensor scale (dequantised = stored * kv_scale), finite and > 0.
+  /// Must stay 1 for the other formats.
+  float kv_scale = 1.0f;
+  /// fp8_e4m3 only, optional: a one-element fp32 tensor [1] on the call's device holding the
+  /// scale (as vLLM passes k_scale); when present it replaces kv_scale (which must stay 1).
+  /// On the CPU a value that is not finite and > 0 is a kDataError.
+  TensorView kv_scale_tensor;
 };
 
 /// Shapes that decide the workspace size (never the sequence lengths).
@@ -176,11 +206,21 @@ Status check_data_errors(Workspace workspace, Device device, const ExecConfig& c
 
 /// Scatter new tokens into the paged cache: kv_cache[slot / page_size, slot % page_size] =
 /// concat(kv_c[t], k_pe[t]) for slot = slot_mapping[t] >= 0; slot == -1 is padding and skipped.
+/// fp8 formats quantise (round to nearest even, saturating at +-448: finite input never gives a
+/// NaN code): fp8_e4m3 stores e4m3(x / scale) with the given scale; fp8_ds_mla computes each
+/// token's 4 scales as amax / 448 of its 128-value blocks (amax clamped below at 1e-4), or that
+/// rounded up to a power of two with ds_mla_pow2_scale, and stores the RoPE part as bf16.
 struct KvCacheWriteParams {
-  TensorView kv_c;          ///< [T, 512]
-  TensorView k_pe;          ///< [T, 64]
+  TensorView kv_c;          ///< [T, 512] bf16/fp16
+  TensorView k_pe;          ///< [T, 64], same dtype as kv_c
   TensorView slot_mapping;  ///< [T] int64
-  TensorView kv_cache;      ///< [num_pages, page_size, 576], same dtype as kv_c and k_pe.
+  TensorView kv_cache;      ///< [num_pages, page_size, 576], same dtype as kv_c; fp8 formats as
+                            ///< in DecodeParams::kv_cache.
+  KvFormat kv_format = KvFormat::kSameAsQ;  ///< As in DecodeParams.
+  float kv_scale = 1.0f;                    ///< As in DecodeParams.
+  TensorView kv_scale_tensor;               ///< As in DecodeParams.
+  /// fp8_ds_mla only: round each scale up to a power of two (DeepSeek's reference quantiser).
+  bool ds_mla_pow2_scale = false;
 };
 
 /// CPU: slots outside [-1, num_pages * page_size) are rejected before anything is written.

@@ -156,6 +156,27 @@ def _device_string(like):
     return f"cuda:{index}" if is_cuda else "cpu"
 
 
+def _bytes(kv_cache):
+    """fp8 caches as the library takes them: a torch float8_e4m3fn tensor viewed as uint8 (numpy
+    float8 arrays are viewed in the extension); everything else unchanged."""
+    if _framework(kv_cache) == "torch" and str(getattr(kv_cache, "dtype", "")).endswith(
+        "float8_e4m3fn"
+    ):
+        import torch
+
+        return kv_cache.view(torch.uint8)
+    return kv_cache
+
+
+def _scale(kv_scale):
+    """A 0-dimensional scale tensor (torch's k_scale) as the one-element array the library
+    takes; floats and other arrays unchanged."""
+    shape = getattr(kv_scale, "shape", None)
+    if shape is not None and len(shape) == 0:
+        return kv_scale.reshape(1)
+    return kv_scale
+
+
 def _query_shape(fn, q):
     shape = tuple(getattr(q, "shape", ()))
     if len(shape) != 4:
@@ -175,6 +196,8 @@ def decode(
     *,
     q_pe=None,
     causal=False,
+    kv_format="same_as_q",
+    kv_scale=None,
     out=None,
     lse=None,
     return_lse=False,
@@ -188,6 +211,11 @@ def decode(
     q: [batch, s_q, h_q, 576] bf16/fp16, or q_nope [.., 512] with q_pe [.., 64].
     kv_cache: [num_pages, page_size, 576], same dtype; block_table: [batch, pages] int32;
     seq_lens: [batch] int32 (cached tokens per request, the newest s_q being decoded).
+    kv_format: "same_as_q" (kv_cache has q's dtype), "fp8_e4m3" (kv_cache [num_pages,
+    page_size, 576] uint8 or float8_e4m3fn, dequantised as value * kv_scale) or "fp8_ds_mla"
+    ([num_pages, page_size, 656] bytes per token: 512 e4m3 latent values, 4 float32 scales,
+    64 bf16 RoPE values; see docs/kv_formats.md). kv_scale: fp8_e4m3's scale, a float or a
+    one-element float32 array on the call's device (None: 1).
     out: [batch, s_q, h_q, 512]; lse: [batch, s_q, h_q] float32, any strides (so a permuted
     [batch, h_q, s_q] buffer works). workspace: from alloc_workspace(), reusable across calls
     with the same shapes; allocated per call when None. num_threads and reference apply to the
@@ -208,7 +236,7 @@ def decode(
             workspace = _empty(q, (0,), "uint8")
     _C.decode(
         q,
-        kv_cache,
+        _bytes(kv_cache),
         block_table,
         seq_lens,
         softmax_scale,
@@ -217,6 +245,8 @@ def decode(
         q_pe=q_pe,
         lse=lse,
         causal=causal,
+        kv_format=kv_format,
+        kv_scale=_scale(kv_scale),
         num_threads=num_threads,
         reference=reference,
         stream=_stream(q, stream),
@@ -236,6 +266,8 @@ def plan(
     q_pe=None,
     lse=None,
     causal=False,
+    kv_format="same_as_q",
+    kv_scale=None,
     num_threads=0,
     stream=None,
 ):
@@ -253,7 +285,7 @@ def plan(
     )
     _C.plan(
         q,
-        kv_cache,
+        _bytes(kv_cache),
         block_table,
         seq_lens,
         softmax_scale,
@@ -262,6 +294,8 @@ def plan(
         q_pe=q_pe,
         lse=lse,
         causal=causal,
+        kv_format=kv_format,
+        kv_scale=_scale(kv_scale),
         num_threads=num_threads,
         stream=_stream(q, stream),
     )
@@ -279,6 +313,8 @@ def decode_planned(
     q_pe=None,
     lse=None,
     causal=False,
+    kv_format="same_as_q",
+    kv_scale=None,
     num_threads=0,
     stream=None,
 ):
@@ -295,7 +331,7 @@ def decode_planned(
     )
     _C.decode_planned(
         q,
-        kv_cache,
+        _bytes(kv_cache),
         block_table,
         seq_lens,
         softmax_scale,
@@ -304,6 +340,8 @@ def decode_planned(
         q_pe=q_pe,
         lse=lse,
         causal=causal,
+        kv_format=kv_format,
+        kv_scale=_scale(kv_scale),
         num_threads=num_threads,
         stream=_stream(q, stream),
     )
@@ -318,14 +356,38 @@ def check_data_errors(workspace, *, stream=None):
     _C.check_data_errors(workspace, stream=_stream(workspace, stream))
 
 
-def write_kv_cache(kv_c, k_pe, slot_mapping, kv_cache, *, stream=None):
+def write_kv_cache(
+    kv_c,
+    k_pe,
+    slot_mapping,
+    kv_cache,
+    *,
+    kv_format="same_as_q",
+    kv_scale=None,
+    ds_mla_pow2_scale=False,
+    stream=None,
+):
     """kv_cache[slot // page_size, slot % page_size] = concat(kv_c[t], k_pe[t]) for each token t
     with slot = slot_mapping[t] != -1 (padding). kv_c: [T, 512], k_pe: [T, 64], slot_mapping:
-    [T] int64, kv_cache: [num_pages, page_size, 576] of kv_c's dtype, written in place."""
+    [T] int64, kv_cache: [num_pages, page_size, 576] of kv_c's dtype, written in place.
+
+    fp8 caches (kv_format and kv_scale as in decode()) are quantised: round to nearest even,
+    saturating at +-448 (finite input never gives NaN). fp8_e4m3 stores value / kv_scale;
+    fp8_ds_mla computes one scale per 128 latent values, max(amax, 1e-4) / 448, rounded up to a
+    power of two when ds_mla_pow2_scale, and stores the RoPE values as bf16."""
     _require(
         "mla::write_kv_cache", kv_c=kv_c, k_pe=k_pe, slot_mapping=slot_mapping, kv_cache=kv_cache
     )
-    _C.write_kv_cache(kv_c, k_pe, slot_mapping, kv_cache, stream=_stream(kv_cache, stream))
+    _C.write_kv_cache(
+        kv_c,
+        k_pe,
+        slot_mapping,
+        _bytes(kv_cache),
+        kv_format=kv_format,
+        kv_scale=_scale(kv_scale),
+        ds_mla_pow2_scale=ds_mla_pow2_scale,
+        stream=_stream(kv_cache, stream),
+    )
 
 
 def merge_states(out_a, lse_a, out_b, lse_b, *, out=None, lse=None, stream=None):

@@ -4,10 +4,15 @@ Ops (``torch.ops.mla_decode.*``), each registered with ``torch.library.custom_op
 (meta) implementation; they run on the current CUDA stream::
 
     decode(q, q_pe?, kv_cache, block_table, seq_lens, softmax_scale, causal,
-           out!, lse!?, workspace!?) -> ()
+           out!, lse!?, workspace!?, kv_format="same_as_q", kv_scale=1.0, kv_scale_tensor?) -> ()
     plan(..same..) -> ()                 # writes only the workspace
     decode_planned(..same..) -> ()
-    write_kv_cache(kv_c, k_pe, slot_mapping, kv_cache!) -> ()
+    write_kv_cache(kv_c, k_pe, slot_mapping, kv_cache!, kv_format="same_as_q", kv_scale=1.0,
+                   kv_scale_tensor?, ds_mla_pow2_scale=False) -> ()
+
+fp8 caches (kv_format "fp8_e4m3" or "fp8_ds_mla", docs/kv_formats.md) may be uint8 or
+float8_e4m3fn tensors; fp8_e4m3's scale is a float or a one-element (or 0-dim) float32 tensor,
+as vLLM's k_scale. CUDA does not serve fp8 caches yet (UnsupportedError).
     merge_states(out_a, lse_a, out_b, lse_b, out!, lse!?) -> ()
     sparse_decode(q, q_pe?, kv_cache, indices, topk_lengths?, attn_sink?, softmax_scale,
                   out!, lse!?, workspace!?) -> ()      # CPU only for now
@@ -28,8 +33,8 @@ from typing import List, Optional, Tuple
 import torch
 from torch import Tensor
 
-from . import WORKSPACE_ALIGNMENT, _C, _query_shape, _require
-from .errors import MlaError
+from . import WORKSPACE_ALIGNMENT, _C, _bytes, _query_shape, _require
+from .errors import InvalidArgumentError, MlaError
 
 HEAD_DIM_QK = _C.HEAD_DIM_QK
 HEAD_DIM_V = _C.HEAD_DIM_V
@@ -117,6 +122,9 @@ def _run_decode(
     out: Tensor,
     lse: Optional[Tensor],
     workspace: Optional[Tensor],
+    kv_format: str,
+    kv_scale: float,
+    kv_scale_tensor: Optional[Tensor],
 ) -> None:
     if workspace is None:
         try:
@@ -126,7 +134,7 @@ def _run_decode(
             workspace = torch.empty(0, dtype=torch.uint8, device=q.device)
     fn(
         q.detach(),
-        kv_cache.detach(),
+        _bytes(kv_cache.detach()),
         block_table,
         seq_lens,
         softmax_scale,
@@ -135,6 +143,8 @@ def _run_decode(
         q_pe=_detached(q_pe),
         lse=_detached(lse),
         causal=causal,
+        kv_format=kv_format,
+        kv_scale=_op_scale("mla::decode", kv_scale, kv_scale_tensor),
         stream=_stream(q),
     )
 
@@ -151,6 +161,9 @@ def _decode_op(
     out: Tensor,
     lse: Optional[Tensor],
     workspace: Optional[Tensor],
+    kv_format: str = "same_as_q",
+    kv_scale: float = 1.0,
+    kv_scale_tensor: Optional[Tensor] = None,
 ) -> None:
     _run_decode(
         _C.decode,
@@ -164,6 +177,9 @@ def _decode_op(
         out,
         lse,
         workspace,
+        kv_format,
+        kv_scale,
+        kv_scale_tensor,
     )
 
 
@@ -179,6 +195,9 @@ def _plan_op(
     out: Tensor,
     lse: Optional[Tensor],
     workspace: Tensor,
+    kv_format: str = "same_as_q",
+    kv_scale: float = 1.0,
+    kv_scale_tensor: Optional[Tensor] = None,
 ) -> None:
     _run_decode(
         _C.plan,
@@ -192,6 +211,9 @@ def _plan_op(
         out,
         lse,
         workspace,
+        kv_format,
+        kv_scale,
+        kv_scale_tensor,
     )
 
 
@@ -207,6 +229,9 @@ def _decode_planned_op(
     out: Tensor,
     lse: Optional[Tensor],
     workspace: Tensor,
+    kv_format: str = "same_as_q",
+    kv_scale: float = 1.0,
+    kv_scale_tensor: Optional[Tensor] = None,
 ) -> None:
     _run_decode(
         _C.decode_planned,
@@ -220,13 +245,32 @@ def _decode_planned_op(
         out,
         lse,
         workspace,
+        kv_format,
+        kv_scale,
+        kv_scale_tensor,
     )
 
 
 @torch.library.custom_op("mla_decode::write_kv_cache", mutates_args=("kv_cache",))
-def _write_kv_cache_op(kv_c: Tensor, k_pe: Tensor, slot_mapping: Tensor, kv_cache: Tensor) -> None:
+def _write_kv_cache_op(
+    kv_c: Tensor,
+    k_pe: Tensor,
+    slot_mapping: Tensor,
+    kv_cache: Tensor,
+    kv_format: str = "same_as_q",
+    kv_scale: float = 1.0,
+    kv_scale_tensor: Optional[Tensor] = None,
+    ds_mla_pow2_scale: bool = False,
+) -> None:
     _C.write_kv_cache(
-        kv_c.detach(), k_pe.detach(), slot_mapping, kv_cache.detach(), stream=_stream(kv_cache)
+        kv_c.detach(),
+        k_pe.detach(),
+        slot_mapping,
+        _bytes(kv_cache.detach()),
+        kv_format=kv_format,
+        kv_scale=_op_scale("mla::write_kv_cache", kv_scale, kv_scale_tensor),
+        ds_mla_pow2_scale=ds_mla_pow2_scale,
+        stream=_stream(kv_cache),
     )
 
 
@@ -250,6 +294,28 @@ for _op in (_decode_op, _plan_op, _decode_planned_op, _write_kv_cache_op, _merge
     _op.register_fake(lambda *args: None)
 
 
+def _op_scale(fn: str, kv_scale: float, kv_scale_tensor: Optional[Tensor]):
+    """The kv_scale argument of the extension: the float, or the tensor as one element."""
+    if kv_scale_tensor is None:
+        return kv_scale
+    if kv_scale != 1.0:
+        raise InvalidArgumentError(
+            f"{fn}: argument 'kv_scale': must stay 1 when kv_scale_tensor gives the scale, "
+            f"got {kv_scale}"
+        )
+    return kv_scale_tensor.detach().reshape(1)
+
+
+def _split_scale(kv_scale) -> Tuple[float, Optional[Tensor]]:
+    """kv_scale as the ops take it: (float, None) for a number or None, (1.0, tensor) for a
+    tensor."""
+    if kv_scale is None:
+        return 1.0, None
+    if isinstance(kv_scale, Tensor):
+        return 1.0, kv_scale
+    return float(kv_scale), None
+
+
 def _outputs(q: Tensor, out: Optional[Tensor], lse: Optional[Tensor], return_lse: bool):
     batch, s_q, h_q = _query_shape("mla::decode", q)
     if out is None:
@@ -268,6 +334,8 @@ def decode(
     *,
     q_pe: Optional[Tensor] = None,
     causal: bool = False,
+    kv_format: str = "same_as_q",
+    kv_scale=None,
     out: Optional[Tensor] = None,
     lse: Optional[Tensor] = None,
     return_lse: bool = False,
@@ -289,6 +357,8 @@ def decode(
         out,
         lse,
         workspace,
+        kv_format,
+        *_split_scale(kv_scale),
     )
     return (out, lse) if return_lse or lse_given else out
 
@@ -305,6 +375,8 @@ def plan(
     q_pe: Optional[Tensor] = None,
     lse: Optional[Tensor] = None,
     causal: bool = False,
+    kv_format: str = "same_as_q",
+    kv_scale=None,
 ) -> None:
     """Compute one step's split-KV schedule into `workspace`, for decode_planned() calls of every
     layer of the step (same seq_lens and shapes). out and lse are validated, not written."""
@@ -328,6 +400,8 @@ def plan(
         out,
         lse,
         workspace,
+        kv_format,
+        *_split_scale(kv_scale),
     )
 
 
@@ -341,6 +415,8 @@ def decode_planned(
     workspace: Tensor,
     q_pe: Optional[Tensor] = None,
     causal: bool = False,
+    kv_format: str = "same_as_q",
+    kv_scale=None,
     out: Optional[Tensor] = None,
     lse: Optional[Tensor] = None,
     return_lse: bool = False,
@@ -367,16 +443,30 @@ def decode_planned(
         out,
         lse,
         workspace,
+        kv_format,
+        *_split_scale(kv_scale),
     )
     return (out, lse) if return_lse or lse_given else out
 
 
-def write_kv_cache(kv_c: Tensor, k_pe: Tensor, slot_mapping: Tensor, kv_cache: Tensor) -> None:
-    """vLLM's concat_and_cache_mla: kv_cache[slot] = concat(kv_c[t], k_pe[t]); slot -1 skipped."""
+def write_kv_cache(
+    kv_c: Tensor,
+    k_pe: Tensor,
+    slot_mapping: Tensor,
+    kv_cache: Tensor,
+    *,
+    kv_format: str = "same_as_q",
+    kv_scale=None,
+    ds_mla_pow2_scale: bool = False,
+) -> None:
+    """vLLM's concat_and_cache_mla: kv_cache[slot] = concat(kv_c[t], k_pe[t]); slot -1 skipped.
+    fp8 caches are quantised (see mla_decode.write_kv_cache)."""
     _require(
         "mla::write_kv_cache", kv_c=kv_c, k_pe=k_pe, slot_mapping=slot_mapping, kv_cache=kv_cache
     )
-    torch.ops.mla_decode.write_kv_cache(kv_c, k_pe, slot_mapping, kv_cache)
+    torch.ops.mla_decode.write_kv_cache(
+        kv_c, k_pe, slot_mapping, kv_cache, kv_format, *_split_scale(kv_scale), ds_mla_pow2_scale
+    )
 
 
 def merge_states(

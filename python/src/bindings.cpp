@@ -93,6 +93,8 @@ bool to_mla_dtype(nb::dlpack::dtype dt, mla::DType* out) {
     *out = mla::DType::kInt32;
   } else if (code == nb::dlpack::dtype_code::Int && dt.bits == 64) {
     *out = mla::DType::kInt64;
+  } else if (code == nb::dlpack::dtype_code::UInt && dt.bits == 8) {
+    *out = mla::DType::kUInt8;
   } else {
     return false;
   }
@@ -173,12 +175,16 @@ class Call {
     return module == "builtins" ? name : module + "." + name;
   }
 
-  // numpy arrays of ml_dtypes.bfloat16 are reinterpreted as uint16 (same memory, same strides).
+  // numpy arrays of ml_dtypes.bfloat16 are reinterpreted as uint16 (same memory, same strides),
+  // those of ml_dtypes.float8_e4m3fn as uint8 (fp8 KV caches are passed as bytes).
   static nb::object importable(nb::handle obj, bool* bf16) {
-    if (type_name(obj) == "numpy.ndarray" &&
-        nb::str(obj.attr("dtype").attr("name")).equal(nb::str("bfloat16"))) {
-      *bf16 = true;
-      return obj.attr("view")("uint16");
+    if (type_name(obj) == "numpy.ndarray") {
+      nb::str name = nb::str(obj.attr("dtype").attr("name"));
+      if (name.equal(nb::str("bfloat16"))) {
+        *bf16 = true;
+        return obj.attr("view")("uint16");
+      }
+      if (name.equal(nb::str("float8_e4m3fn"))) return obj.attr("view")("uint8");
     }
     return nb::borrow(obj);
   }
@@ -240,9 +246,10 @@ class Call {
     if (bf16) {
       t.dtype = mla::DType::kBFloat16;
     } else if (!to_mla_dtype(array.dtype(), &t.dtype)) {
-      raise_invalid(fn_, name,
-                    "unsupported dtype " + describe_dtype(array.dtype()) +
-                        " (expected bfloat16, float16, float32, int32 or int64 as the call needs)");
+      raise_invalid(
+          fn_, name,
+          "unsupported dtype " + describe_dtype(array.dtype()) +
+              " (expected bfloat16, float16, float32, int32, int64 or uint8 as the call needs)");
     }
     return t;
   }
@@ -262,10 +269,31 @@ mla::ExecConfig exec_config(int num_threads, bool reference, uintptr_t stream) {
 
 enum class Stage { kDecode, kPlan, kDecodePlanned };
 
+// "same_as_q", "fp8_e4m3" or "fp8_ds_mla" (mla::kv_format_name's spellings).
+mla::KvFormat parse_kv_format(const char* fn, const std::string& name) {
+  for (mla::KvFormat f :
+       {mla::KvFormat::kSameAsQ, mla::KvFormat::kFp8E4M3, mla::KvFormat::kFp8DsMla}) {
+    if (name == mla::kv_format_name(f)) return f;
+  }
+  raise_invalid(fn, "kv_format",
+                "expected 'same_as_q', 'fp8_e4m3' or 'fp8_ds_mla', got '" + name + "'");
+}
+
+// kv_scale: None (1), a Python number (the host float) or a one-element float32 array (the
+// scale tensor, read by the library on the call's device).
+void set_kv_scale(Call& call, nb::handle kv_scale, float* value, mla::TensorView* tensor) {
+  if (kv_scale.is_none()) return;
+  if (PyFloat_Check(kv_scale.ptr()) || PyLong_Check(kv_scale.ptr())) {
+    *value = nb::cast<float>(kv_scale);
+    return;
+  }
+  *tensor = call.input("kv_scale", kv_scale);
+}
+
 void decode_stage(Stage stage, nb::handle q, nb::handle kv_cache, nb::handle block_table,
                   nb::handle seq_lens, float softmax_scale, nb::handle out, nb::handle workspace,
-                  nb::handle q_pe, nb::handle lse, bool causal, int num_threads, bool reference,
-                  uintptr_t stream) {
+                  nb::handle q_pe, nb::handle lse, bool causal, const std::string& kv_format,
+                  nb::handle kv_scale, int num_threads, bool reference, uintptr_t stream) {
   Call call(stage == Stage::kDecode ? "mla::decode"
             : stage == Stage::kPlan ? "mla::plan"
                                     : "mla::decode_planned");
@@ -279,6 +307,8 @@ void decode_stage(Stage stage, nb::handle q, nb::handle kv_cache, nb::handle blo
   params.lse = call.optional_output("lse", lse);
   params.softmax_scale = softmax_scale;
   params.causal = causal;
+  params.kv_format = parse_kv_format(call.fn(), kv_format);
+  set_kv_scale(call, kv_scale, &params.kv_scale, &params.kv_scale_tensor);
   mla::Device device;
   const mla::Workspace ws = call.buffer("workspace", workspace, &params.q.device, &device);
   if (reference && params.q.device.type != mla::DeviceType::kCPU) {
@@ -308,15 +338,17 @@ void bind_decode_stage(nb::module_& m, const char* name, Stage stage, const char
       name,
       [stage](nb::handle q, nb::handle kv_cache, nb::handle block_table, nb::handle seq_lens,
               float softmax_scale, nb::handle out, nb::handle workspace, nb::handle q_pe,
-              nb::handle lse, bool causal, int num_threads, bool reference, uintptr_t stream) {
+              nb::handle lse, bool causal, const std::string& kv_format, nb::handle kv_scale,
+              int num_threads, bool reference, uintptr_t stream) {
         decode_stage(stage, q, kv_cache, block_table, seq_lens, softmax_scale, out, workspace, q_pe,
-                     lse, causal, num_threads, reference, stream);
+                     lse, causal, kv_format, kv_scale, num_threads, reference, stream);
       },
       nb::arg("q").none(), nb::arg("kv_cache").none(), nb::arg("block_table").none(),
       nb::arg("seq_lens").none(), nb::arg("softmax_scale"), nb::arg("out").none(),
       nb::arg("workspace").none(), nb::kw_only(), nb::arg("q_pe") = nb::none(),
-      nb::arg("lse") = nb::none(), nb::arg("causal") = false, nb::arg("num_threads") = 0,
-      nb::arg("reference") = false, nb::arg("stream") = 0, doc);
+      nb::arg("lse") = nb::none(), nb::arg("causal") = false, nb::arg("kv_format") = "same_as_q",
+      nb::arg("kv_scale") = nb::none(), nb::arg("num_threads") = 0, nb::arg("reference") = false,
+      nb::arg("stream") = 0, doc);
 }
 
 }  // namespace
@@ -376,6 +408,7 @@ NB_MODULE(_C, m) {
   m.def(
       "write_kv_cache",
       [](nb::handle kv_c, nb::handle k_pe, nb::handle slot_mapping, nb::handle kv_cache,
+         const std::string& kv_format, nb::handle kv_scale, bool ds_mla_pow2_scale,
          uintptr_t stream) {
         Call call("mla::write_kv_cache");
         mla::KvCacheWriteParams params;
@@ -383,6 +416,9 @@ NB_MODULE(_C, m) {
         params.k_pe = call.input("k_pe", k_pe);
         params.slot_mapping = call.input("slot_mapping", slot_mapping);
         params.kv_cache = call.output("kv_cache", kv_cache);
+        params.kv_format = parse_kv_format(call.fn(), kv_format);
+        set_kv_scale(call, kv_scale, &params.kv_scale, &params.kv_scale_tensor);
+        params.ds_mla_pow2_scale = ds_mla_pow2_scale;
         mla::Status status;
         {
           nb::gil_scoped_release release;
@@ -391,8 +427,10 @@ NB_MODULE(_C, m) {
         check(status);
       },
       nb::arg("kv_c").none(), nb::arg("k_pe").none(), nb::arg("slot_mapping").none(),
-      nb::arg("kv_cache").none(), nb::kw_only(), nb::arg("stream") = 0,
-      "Scatter new tokens into the paged cache by slot_mapping (-1 = padding, skipped).");
+      nb::arg("kv_cache").none(), nb::kw_only(), nb::arg("kv_format") = "same_as_q",
+      nb::arg("kv_scale") = nb::none(), nb::arg("ds_mla_pow2_scale") = false, nb::arg("stream") = 0,
+      "Scatter new tokens into the paged cache by slot_mapping (-1 = padding, skipped); "
+      "quantises into fp8 caches.");
 
   m.def(
       "merge_states",

@@ -14,13 +14,14 @@ using detail::resolve_threads;
 
 // Shared front half of plan / decode_planned / decode on the CPU: validate everything, data
 // included. (The CUDA backend checks the workspace against its launch plan itself.)
-Status prepare_cpu(const char* fn, const detail::DecodeProblem& problem, Workspace ws,
+Status prepare_cpu(const char* fn, detail::DecodeProblem& problem, Workspace ws,
                    const ExecConfig& config) {
   const DecodeShape shape{problem.batch, problem.s_q, problem.h_q};
   // The reference needs no workspace.
   const size_t required =
       config.reference ? 0 : cpu::workspace_size(shape, resolve_threads(config));
   MLA_RETURN_IF_ERROR(detail::check_workspace(fn, ws, required));
+  MLA_RETURN_IF_ERROR(detail::resolve_kv_scale(fn, problem.kv_scale_ptr, &problem.kv_scale));
   return detail::validate_decode_data(fn, problem);
 }
 
@@ -59,6 +60,20 @@ const char* dtype_name(DType dtype) {
       return "int32";
     case DType::kInt64:
       return "int64";
+    case DType::kUInt8:
+      return "uint8";
+  }
+  return "unknown";
+}
+
+const char* kv_format_name(KvFormat format) {
+  switch (format) {
+    case KvFormat::kSameAsQ:
+      return "same_as_q";
+    case KvFormat::kFp8E4M3:
+      return "fp8_e4m3";
+    case KvFormat::kFp8DsMla:
+      return "fp8_ds_mla";
   }
   return "unknown";
 }
@@ -73,6 +88,8 @@ size_t dtype_size(DType dtype) {
       return 4;
     case DType::kInt64:
       return 8;
+    case DType::kUInt8:
+      return 1;
   }
   return 1;
 }
@@ -163,6 +180,7 @@ Status write_kv_cache(const KvCacheWriteParams& params, const ExecConfig& config
       return cuda::write_kv_cache(fn, problem, device.index, config.stream);
     }
     if (Status s = detail::validate_kv_write_data(fn, problem); !s.ok()) return s;
+    MLA_RETURN_IF_ERROR(detail::resolve_kv_scale(fn, problem.kv_scale_ptr, &problem.kv_scale));
     cpu::write_kv_cache(problem);
     return Status();
   });

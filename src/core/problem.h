@@ -10,6 +10,10 @@ namespace mla::detail {
 // kernels can include this file).
 enum class ElemType : int32_t { kBFloat16 = 0, kFloat16 = 1 };
 
+// Storage of the KV cache (mla::KvFormat, same values): kHalf in ElemType, or one of the fp8
+// layouts of core/fp8.h, addressed in bytes.
+enum class KvType : int32_t { kHalf = 0, kFp8E4M3 = 1, kFp8DsMla = 2 };
+
 // One validated decode call. A single 576-wide q is described as q_nope = q, q_pe = q + 512
 // with the same strides, so backends see one form.
 struct DecodeProblem {
@@ -29,8 +33,13 @@ struct DecodeProblem {
   const void* q_pe;  // [batch, s_q, h_q, 64]
   int64_t q_pe_stride_b, q_pe_stride_s, q_pe_stride_h;
 
-  const void* kv;  // [num_pages, page_size, 576]
-  int64_t kv_stride_page, kv_stride_row;
+  const void* kv;  // [num_pages, page_size, 576] (kHalf, kFp8E4M3) or [.., 656] bytes (kFp8DsMla)
+  int64_t kv_stride_page, kv_stride_row;  // in elements of kv's type (bytes for fp8)
+  KvType kv_type;
+  // kFp8E4M3: the scale (kv_scale_ptr == nullptr) or a device pointer to it; the CPU entry
+  // points resolve a CPU tensor into kv_scale before dispatch. 1 for the other formats.
+  float kv_scale;
+  const float* kv_scale_ptr;
 
   const int32_t* block_table;  // [batch, max_pages]
   int64_t block_table_stride;  // between requests
@@ -54,14 +63,18 @@ struct KvWriteProblem {
   int64_t num_tokens;
   int32_t page_size;
   int32_t num_pages;
-  ElemType dtype;
+  ElemType dtype;  // of kv_c and k_pe (and of kv for kHalf)
+  KvType kv_type;
+  float kv_scale;  // as in DecodeProblem
+  const float* kv_scale_ptr;
+  bool pow2_scale;   // kFp8DsMla: round each block scale up to a power of two
   const void* kv_c;  // [num_tokens, 512]
   int64_t kv_c_stride;
   const void* k_pe;  // [num_tokens, 64]
   int64_t k_pe_stride;
   const int64_t* slot_mapping;  // [num_tokens]
   int64_t slot_mapping_stride;
-  void* kv;  // [num_pages, page_size, 576]
+  void* kv;  // [num_pages, page_size, 576 or 656 bytes], as in DecodeProblem
   int64_t kv_stride_page, kv_stride_row;
 };
 

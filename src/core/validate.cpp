@@ -9,6 +9,7 @@
 #include <utility>
 #include <vector>
 
+#include "core/fp8.h"
 #include "core/status.h"
 #include "core/validate_checks.h"
 
@@ -296,6 +297,75 @@ Status check_shape(const char* fn, const char* arg, const DecodeShape& shape) {
   return Status();
 }
 
+// detail::KvType mirrors KvFormat value for value (problem.h stays free of the public header).
+static_assert(static_cast<int>(KvType::kHalf) == static_cast<int>(KvFormat::kSameAsQ) &&
+              static_cast<int>(KvType::kFp8E4M3) == static_cast<int>(KvFormat::kFp8E4M3) &&
+              static_cast<int>(KvType::kFp8DsMla) == static_cast<int>(KvFormat::kFp8DsMla));
+static_assert(kDsMlaTokenBytes == kFp8DsMlaTokenBytes);
+
+// The KV-format arguments shared by decode and write_kv_cache: a known format, the kv_cache
+// tensor in that format's dtype and row width (bf16/fp16 caches match `ref_name`'s dtype), and
+// the fp8_e4m3 scale given once, as a finite positive float or a one-element fp32 tensor.
+Status check_kv_format(const char* fn, KvFormat format, const TensorView& kv_cache,
+                       const char* ref_name, DType ref_dtype, float kv_scale,
+                       const TensorView& kv_scale_tensor, Device device) {
+  if (format != KvFormat::kSameAsQ && format != KvFormat::kFp8E4M3 &&
+      format != KvFormat::kFp8DsMla) {
+    return invalid_argument(fn, "kv_format", "unknown value ", static_cast<int>(format));
+  }
+  if (format == KvFormat::kSameAsQ) {
+    MLA_RETURN_IF_ERROR(check_same_dtype(fn, "kv_cache", kv_cache, ref_name, ref_dtype));
+    MLA_RETURN_IF_ERROR(check_tensor(fn, "kv_cache", kv_cache,
+                                     {"[num_pages, page_size, 576]", 3, {-1, -1, kHeadDimQK}},
+                                     device));
+  } else {
+    MLA_RETURN_IF_ERROR(check_dtype(fn, "kv_cache", kv_cache, {DType::kUInt8}));
+    if (format == KvFormat::kFp8E4M3) {
+      MLA_RETURN_IF_ERROR(check_tensor(
+          fn, "kv_cache", kv_cache,
+          {"[num_pages, page_size, 576] (kv_format fp8_e4m3)", 3, {-1, -1, kHeadDimQK}}, device));
+    } else {
+      MLA_RETURN_IF_ERROR(check_tensor(
+          fn, "kv_cache", kv_cache,
+          {"[num_pages, page_size, 656] (kv_format fp8_ds_mla)", 3, {-1, -1, kFp8DsMlaTokenBytes}},
+          device));
+    }
+  }
+  MLA_RETURN_IF_ERROR(check_rank(fn, "kv_scale_tensor", kv_scale_tensor));
+  if (kv_scale_tensor.present()) {
+    if (format != KvFormat::kFp8E4M3) {
+      return invalid_argument(fn, "kv_scale_tensor", "is only used with kv_format fp8_e4m3, got ",
+                              kv_format_name(format));
+    }
+    MLA_RETURN_IF_ERROR(check_dtype(fn, "kv_scale_tensor", kv_scale_tensor, {DType::kFloat32}));
+    MLA_RETURN_IF_ERROR(
+        check_tensor(fn, "kv_scale_tensor", kv_scale_tensor, {"[1]", 1, {1}}, device));
+    if (kv_scale != 1.0f) {
+      return invalid_argument(fn, "kv_scale",
+                              "must stay 1 when kv_scale_tensor gives the scale, got ", kv_scale);
+    }
+  } else if (format == KvFormat::kFp8E4M3) {
+    if (!std::isfinite(kv_scale) || kv_scale <= 0.0f) {
+      return invalid_argument(fn, "kv_scale", "must be finite and > 0, got ", kv_scale);
+    }
+  } else if (kv_scale != 1.0f) {
+    return invalid_argument(fn, "kv_scale",
+                            "is only used with kv_format fp8_e4m3 and must stay 1 for ",
+                            kv_format_name(format), ", got ", kv_scale);
+  }
+  return Status();
+}
+
+// The CUDA kernels read bf16/fp16 caches only so far: fp8 formats are refused before anything is
+// launched or written.
+Status check_kv_format_supported(const char* fn, KvFormat format, Device device) {
+  if (device.type == DeviceType::kCUDA && format != KvFormat::kSameAsQ) {
+    return argument_error(StatusCode::kUnsupported, fn, "kv_format", kv_format_name(format),
+                          " is not supported on CUDA yet");
+  }
+  return Status();
+}
+
 Status check_workspace(const char* fn, const Workspace& ws, size_t required) {
   if (ws.bytes < required) {
     return invalid_argument(fn, "workspace", ws.bytes, " bytes given, workspace_size() requires ",
@@ -328,7 +398,8 @@ Status validate_decode(const char* fn, const DecodeParams& p, DecodeProblem* pro
                                              {"block_table", &p.block_table},
                                              {"seq_lens", &p.seq_lens},
                                              {"out", &p.out},
-                                             {"lse", &p.lse}}));
+                                             {"lse", &p.lse},
+                                             {"kv_scale_tensor", &p.kv_scale_tensor}}));
   const bool split_q = p.q_pe.present();
   const int64_t batch = p.q.ndim >= 1 ? p.q.shape[0] : 0;
   const int64_t s_q = p.q.ndim >= 2 ? p.q.shape[1] : 0;
@@ -351,10 +422,8 @@ Status validate_decode(const char* fn, const DecodeParams& p, DecodeProblem* pro
     MLA_RETURN_IF_ERROR(check_tensor(
         fn, "q_pe", p.q_pe, {"[batch, s_q, h_q, 64]", 4, {batch, s_q, h_q, kHeadDimRope}}, device));
   }
-  MLA_RETURN_IF_ERROR(check_same_dtype(fn, "kv_cache", p.kv_cache, "q", p.q.dtype));
-  MLA_RETURN_IF_ERROR(check_tensor(fn, "kv_cache", p.kv_cache,
-                                   {"[num_pages, page_size, 576]", 3, {-1, -1, kHeadDimQK}},
-                                   device));
+  MLA_RETURN_IF_ERROR(check_kv_format(fn, p.kv_format, p.kv_cache, "q", p.q.dtype, p.kv_scale,
+                                      p.kv_scale_tensor, device));
   const int64_t num_pages = p.kv_cache.shape[0];
   const int64_t page_size = p.kv_cache.shape[1];
   if (page_size < 1 || page_size > kMaxPageSize || (page_size & (page_size - 1)) != 0) {
@@ -388,6 +457,7 @@ Status validate_decode(const char* fn, const DecodeParams& p, DecodeProblem* pro
     MLA_RETURN_IF_ERROR(check_disjoint(fn, out_name, *out, "kv_cache", p.kv_cache));
     MLA_RETURN_IF_ERROR(check_disjoint(fn, out_name, *out, "block_table", p.block_table));
     MLA_RETURN_IF_ERROR(check_disjoint(fn, out_name, *out, "seq_lens", p.seq_lens));
+    MLA_RETURN_IF_ERROR(check_disjoint(fn, out_name, *out, "kv_scale_tensor", p.kv_scale_tensor));
   }
   MLA_RETURN_IF_ERROR(check_disjoint(fn, "out", p.out, "lse", p.lse));
   if (!std::isfinite(p.softmax_scale) || p.softmax_scale <= 0.0f) {
@@ -399,6 +469,7 @@ Status validate_decode(const char* fn, const DecodeParams& p, DecodeProblem* pro
     MLA_RETURN_IF_ERROR(check_rows_aligned_16(fn, "kv_cache", p.kv_cache));
     MLA_RETURN_IF_ERROR(check_rows_aligned_16(fn, "out", p.out));
   }
+  MLA_RETURN_IF_ERROR(check_kv_format_supported(fn, p.kv_format, device));
 
   DecodeProblem& pr = *problem;
   pr = DecodeProblem{};
@@ -434,6 +505,10 @@ Status validate_decode(const char* fn, const DecodeParams& p, DecodeProblem* pro
   pr.kv = p.kv_cache.data;
   pr.kv_stride_page = p.kv_cache.strides[0];
   pr.kv_stride_row = p.kv_cache.strides[1];
+  pr.kv_type = static_cast<KvType>(p.kv_format);
+  pr.kv_scale = p.kv_scale;
+  pr.kv_scale_ptr =
+      p.kv_scale_tensor.present() ? static_cast<const float*>(p.kv_scale_tensor.data) : nullptr;
   pr.block_table = static_cast<const int32_t*>(p.block_table.data);
   pr.block_table_stride = p.block_table.strides[0];
   pr.seq_lens = static_cast<const int32_t*>(p.seq_lens.data);
@@ -483,11 +558,21 @@ Status validate_kv_write(const char* fn, const KvCacheWriteParams& p, KvWritePro
   MLA_RETURN_IF_ERROR(check_same_device(fn, {{"kv_cache", &p.kv_cache},
                                              {"slot_mapping", &p.slot_mapping},
                                              {"kv_c", &p.kv_c},
-                                             {"k_pe", &p.k_pe}}));
-  MLA_RETURN_IF_ERROR(check_dtype(fn, "kv_cache", p.kv_cache, {DType::kBFloat16, DType::kFloat16}));
-  MLA_RETURN_IF_ERROR(check_tensor(fn, "kv_cache", p.kv_cache,
-                                   {"[num_pages, page_size, 576]", 3, {-1, -1, kHeadDimQK}},
-                                   device));
+                                             {"k_pe", &p.k_pe},
+                                             {"kv_scale_tensor", &p.kv_scale_tensor}}));
+  // bf16/fp16 caches define the dtype kv_c and k_pe must have; fp8 caches take either (and an
+  // unknown format is reported by check_kv_format).
+  const bool fp8 = p.kv_format != KvFormat::kSameAsQ;
+  if (!fp8) {
+    MLA_RETURN_IF_ERROR(
+        check_dtype(fn, "kv_cache", p.kv_cache, {DType::kBFloat16, DType::kFloat16}));
+  }
+  MLA_RETURN_IF_ERROR(check_kv_format(fn, p.kv_format, p.kv_cache, "kv_cache", p.kv_cache.dtype,
+                                      p.kv_scale, p.kv_scale_tensor, device));
+  if (p.ds_mla_pow2_scale && p.kv_format != KvFormat::kFp8DsMla) {
+    return invalid_argument(fn, "ds_mla_pow2_scale", "is only used with kv_format fp8_ds_mla, got ",
+                            kv_format_name(p.kv_format));
+  }
   MLA_RETURN_IF_ERROR(check_non_overlapping(fn, "kv_cache", p.kv_cache));
   const int64_t page_size = p.kv_cache.shape[1];
   if (page_size < 1 || page_size > kMaxPageSize || (page_size & (page_size - 1)) != 0) {
@@ -504,26 +589,38 @@ Status validate_kv_write(const char* fn, const KvCacheWriteParams& p, KvWritePro
   MLA_RETURN_IF_ERROR(
       check_tensor(fn, "slot_mapping", p.slot_mapping, {"[num_tokens]", 1, {-1}}, device));
   const int64_t tokens = p.slot_mapping.shape[0];
-  MLA_RETURN_IF_ERROR(check_same_dtype(fn, "kv_c", p.kv_c, "kv_cache", p.kv_cache.dtype));
+  if (fp8) {
+    MLA_RETURN_IF_ERROR(check_dtype(fn, "kv_c", p.kv_c, {DType::kBFloat16, DType::kFloat16}));
+  } else {
+    MLA_RETURN_IF_ERROR(check_same_dtype(fn, "kv_c", p.kv_c, "kv_cache", p.kv_cache.dtype));
+  }
   MLA_RETURN_IF_ERROR(
       check_tensor(fn, "kv_c", p.kv_c, {"[num_tokens, 512]", 2, {tokens, kHeadDimV}}, device));
-  MLA_RETURN_IF_ERROR(check_same_dtype(fn, "k_pe", p.k_pe, "kv_cache", p.kv_cache.dtype));
+  MLA_RETURN_IF_ERROR(check_same_dtype(fn, "k_pe", p.k_pe, "kv_c", p.kv_c.dtype));
   MLA_RETURN_IF_ERROR(
       check_tensor(fn, "k_pe", p.k_pe, {"[num_tokens, 64]", 2, {tokens, kHeadDimRope}}, device));
   MLA_RETURN_IF_ERROR(check_disjoint(fn, "kv_cache", p.kv_cache, "kv_c", p.kv_c));
   MLA_RETURN_IF_ERROR(check_disjoint(fn, "kv_cache", p.kv_cache, "k_pe", p.k_pe));
   MLA_RETURN_IF_ERROR(check_disjoint(fn, "kv_cache", p.kv_cache, "slot_mapping", p.slot_mapping));
+  MLA_RETURN_IF_ERROR(
+      check_disjoint(fn, "kv_cache", p.kv_cache, "kv_scale_tensor", p.kv_scale_tensor));
   if (device.type == DeviceType::kCUDA) {
     MLA_RETURN_IF_ERROR(check_rows_aligned_16(fn, "kv_c", p.kv_c));
     MLA_RETURN_IF_ERROR(check_rows_aligned_16(fn, "k_pe", p.k_pe));
     MLA_RETURN_IF_ERROR(check_rows_aligned_16(fn, "kv_cache", p.kv_cache));
   }
+  MLA_RETURN_IF_ERROR(check_kv_format_supported(fn, p.kv_format, device));
   KvWriteProblem& pr = *problem;
   pr = KvWriteProblem{};
   pr.num_tokens = tokens;
   pr.page_size = static_cast<int32_t>(page_size);
   pr.num_pages = static_cast<int32_t>(p.kv_cache.shape[0]);
-  pr.dtype = p.kv_cache.dtype == DType::kBFloat16 ? ElemType::kBFloat16 : ElemType::kFloat16;
+  pr.dtype = p.kv_c.dtype == DType::kBFloat16 ? ElemType::kBFloat16 : ElemType::kFloat16;
+  pr.kv_type = static_cast<KvType>(p.kv_format);
+  pr.kv_scale = p.kv_scale;
+  pr.kv_scale_ptr =
+      p.kv_scale_tensor.present() ? static_cast<const float*>(p.kv_scale_tensor.data) : nullptr;
+  pr.pow2_scale = p.ds_mla_pow2_scale;
   pr.kv_c = p.kv_c.data;
   pr.kv_c_stride = p.kv_c.strides[0];
   pr.k_pe = p.k_pe.data;
@@ -534,6 +631,17 @@ Status validate_kv_write(const char* fn, const KvCacheWriteParams& p, KvWritePro
   pr.kv_stride_page = p.kv_cache.strides[0];
   pr.kv_stride_row = p.kv_cache.strides[1];
   *device_out = device;
+  return Status();
+}
+
+Status resolve_kv_scale(const char* fn, const float* kv_scale_ptr, float* kv_scale) {
+  if (kv_scale_ptr == nullptr) return Status();
+  const float v = *kv_scale_ptr;
+  if (!std::isfinite(v) || v <= 0.0f) {
+    return argument_error(StatusCode::kDataError, fn, "kv_scale_tensor", "kv_scale_tensor[0] = ", v,
+                          " must be finite and > 0");
+  }
+  *kv_scale = v;
   return Status();
 }
 

@@ -19,6 +19,10 @@ Status validate_shape(const char* fn, const DecodeShape& shape);
 // CPU tensors: seq_lens in [0, max_pages * page_size] and every live page id in [0, num_pages).
 Status validate_decode_data(const char* fn, const DecodeProblem& problem);
 
+// CPU tensors: the fp8_e4m3 scale tensor at `kv_scale_ptr` (nullptr: none, nothing to do) must
+// hold a finite value > 0 (else kDataError); it is copied into `*kv_scale`.
+Status resolve_kv_scale(const char* fn, const float* kv_scale_ptr, float* kv_scale);
+
 // The caller's workspace against the `required` bytes of this call: size, null, 256-byte alignment.
 Status check_workspace(const char* fn, const Workspace& workspace, size_t required);
 

@@ -1,6 +1,8 @@
 // The CPU reference: the specification's loops written out plainly, double accumulation.
 // Every other backend is tested against it, so it favours obviousness over speed.
+#include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <limits>
 #include <vector>
 
@@ -13,14 +15,16 @@ using detail::DecodeProblem;
 
 void reference_decode(const DecodeProblem& p) {
   const double neg_inf = -std::numeric_limits<double>::infinity();
-  std::vector<double> q(kHeadDimQK), logits, acc(kHeadDimV);
+  std::vector<double> q(kHeadDimQK), logits, acc(kHeadDimV), kv(kHeadDimQK);
   for (int32_t b = 0; b < p.batch; ++b) {
     const int64_t seq_len = p.seq_lens[b * p.seq_lens_stride];
     const int32_t* pages = p.block_table + b * p.block_table_stride;
-    // Key j of request b: row j % page_size of page pages[j / page_size].
+    // Key j of request b: row j % page_size of page pages[j / page_size], dequantised exactly
+    // (in double) into kv.
     auto key = [&](int64_t j) {
       const int64_t page = pages[j >> p.page_shift];
-      return page * p.kv_stride_page + (j & (p.page_size - 1)) * p.kv_stride_row;
+      dequantize_token(p.kv, page * p.kv_stride_page + (j & (p.page_size - 1)) * p.kv_stride_row,
+                       p.kv_type, p.dtype, p.kv_scale, kv.data());
     };
     for (int32_t s = 0; s < p.s_q; ++s) {
       for (int32_t h = 0; h < p.h_q; ++h) {
@@ -38,9 +42,9 @@ void reference_decode(const DecodeProblem& p) {
           logits.assign(static_cast<size_t>(visible), 0.0);
           double max_logit = neg_inf;
           for (int64_t j = 0; j < visible; ++j) {
-            const int64_t k = key(j);
+            key(j);
             double dot = 0.0;
-            for (int d = 0; d < kHeadDimQK; ++d) dot += q[d] * load_elem(p.kv, k + d, p.dtype);
+            for (int d = 0; d < kHeadDimQK; ++d) dot += q[d] * kv[d];
             logits[j] = dot * static_cast<double>(p.scale);
             max_logit = std::max(max_logit, logits[j]);
           }
@@ -48,8 +52,8 @@ void reference_decode(const DecodeProblem& p) {
           for (int64_t j = 0; j < visible; ++j) {
             const double w = std::exp(logits[j] - max_logit);
             sum += w;
-            const int64_t k = key(j);
-            for (int d = 0; d < kHeadDimV; ++d) acc[d] += w * load_elem(p.kv, k + d, p.dtype);
+            key(j);
+            for (int d = 0; d < kHeadDimV; ++d) acc[d] += w * kv[d];
           }
           for (int d = 0; d < kHeadDimV; ++d) acc[d] /= sum;
           lse = max_logit + std::log(sum);
@@ -67,6 +71,50 @@ void reference_decode(const DecodeProblem& p) {
   }
 }
 
+namespace {
+
+// Scale of one fp8_ds_mla block with absolute maximum `amax` (over its finite values): amax / 448,
+// amax clamped below at 1e-4 so that an all-zero block gets a finite positive scale; with `pow2`
+// rounded up to a power of two (then every value still fits: |x| / scale <= 448).
+float ds_mla_scale(float amax, bool pow2) {
+  const float scale = std::max(amax, 1e-4f) / detail::kFp8E4M3Max;
+  if (!pow2) return scale;
+  int e = 0;
+  const float m = std::frexp(scale, &e);  // scale = m * 2^e, m in [0.5, 1)
+  return m == 0.5f ? scale : std::ldexp(1.0f, e);
+}
+
+// Quantises token t of `p` into the fp8 cache row `dst` (bytes).
+void quantize_token(const detail::KvWriteProblem& p, int64_t t, uint8_t* dst) {
+  float x[kHeadDimQK];
+  for (int d = 0; d < kHeadDimV; ++d) x[d] = load_elem(p.kv_c, t * p.kv_c_stride + d, p.dtype);
+  for (int d = 0; d < kHeadDimRope; ++d) {
+    x[kHeadDimV + d] = load_elem(p.k_pe, t * p.k_pe_stride + d, p.dtype);
+  }
+  if (p.kv_type == detail::KvType::kFp8E4M3) {
+    for (int d = 0; d < kHeadDimQK; ++d) dst[d] = detail::float_to_fp8_e4m3(x[d] / p.kv_scale);
+    return;
+  }
+  constexpr int kBlocks = kHeadDimV / detail::kDsMlaBlock;
+  float scales[kBlocks];
+  for (int i = 0; i < kBlocks; ++i) {
+    float amax = 0.0f;
+    for (int d = i * detail::kDsMlaBlock; d < (i + 1) * detail::kDsMlaBlock; ++d) {
+      if (std::isfinite(x[d])) amax = std::max(amax, std::fabs(x[d]));
+    }
+    scales[i] = ds_mla_scale(amax, p.pow2_scale);
+    for (int d = i * detail::kDsMlaBlock; d < (i + 1) * detail::kDsMlaBlock; ++d) {
+      dst[d] = detail::float_to_fp8_e4m3(x[d] / scales[i]);
+    }
+  }
+  std::memcpy(dst + detail::kDsMlaScaleOffset, scales, sizeof scales);
+  uint16_t rope[kHeadDimRope];
+  for (int d = 0; d < kHeadDimRope; ++d) rope[d] = detail::float_to_bf16(x[kHeadDimV + d]);
+  std::memcpy(dst + detail::kDsMlaRopeOffset, rope, sizeof rope);
+}
+
+}  // namespace
+
 void write_kv_cache(const detail::KvWriteProblem& p) {
   const int64_t mask = p.page_size - 1;
   int page_shift = 0;
@@ -74,8 +122,13 @@ void write_kv_cache(const detail::KvWriteProblem& p) {
   for (int64_t t = 0; t < p.num_tokens; ++t) {
     const int64_t slot = p.slot_mapping[t * p.slot_mapping_stride];
     if (slot < 0) continue;  // -1: padding token
-    uint16_t* dst = static_cast<uint16_t*>(p.kv) + (slot >> page_shift) * p.kv_stride_page +
-                    (slot & mask) * p.kv_stride_row;
+    const int64_t offset =
+        (slot >> page_shift) * p.kv_stride_page + (slot & mask) * p.kv_stride_row;
+    if (p.kv_type != detail::KvType::kHalf) {
+      quantize_token(p, t, static_cast<uint8_t*>(p.kv) + offset);
+      continue;
+    }
+    uint16_t* dst = static_cast<uint16_t*>(p.kv) + offset;
     const uint16_t* c = static_cast<const uint16_t*>(p.kv_c) + t * p.kv_c_stride;
     const uint16_t* r = static_cast<const uint16_t*>(p.k_pe) + t * p.k_pe_stride;
     std::copy(c, c + kHeadDimV, dst);

@@ -8,6 +8,7 @@
 #include <random>
 #include <sstream>
 
+#include "core/fp8.h"
 #include "core/half.h"
 
 namespace mla::testing {
@@ -119,7 +120,9 @@ std::string describe(const DecodeCase& c) {
      << (c.lse == LseLayout::kNone  ? " no-lse"
          : c.lse == LseLayout::kBSH ? " lse-bsh"
                                     : " lse-bhs")
-     << (c.padded_strides ? " padded" : "") << " seed=" << c.seed << " seq_lens=[";
+     << (c.padded_strides ? " padded" : "")
+     << (c.kv_format == KvFormat::kSameAsQ ? "" : std::string(" kv=") + kv_format_name(c.kv_format))
+     << (c.scale_tensor ? " scale-tensor" : "") << " seed=" << c.seed << " seq_lens=[";
   for (size_t i = 0; i < c.seq_lens.size(); ++i) {
     if (i == 12) {
       os << ", ... (" << c.seq_lens.size() << " in all)";
@@ -131,9 +134,33 @@ std::string describe(const DecodeCase& c) {
   return os.str();
 }
 
+int kv_token_width(KvFormat format) {
+  return format == KvFormat::kFp8DsMla ? kFp8DsMlaTokenBytes : kHeadDimQK;
+}
+
+void quantize_row(KvFormat format, float kv_scale, const float* x, uint8_t* row) {
+  if (format == KvFormat::kFp8E4M3) {
+    for (int d = 0; d < kHeadDimQK; ++d) row[d] = detail::float_to_fp8_e4m3(x[d] / kv_scale);
+    return;
+  }
+  for (int blk = 0; blk < 4; ++blk) {
+    float amax = 0.0f;
+    for (int d = 128 * blk; d < 128 * (blk + 1); ++d) amax = std::max(amax, std::fabs(x[d]));
+    const float scale = std::max(amax, 1e-4f) / 448.0f;
+    for (int d = 128 * blk; d < 128 * (blk + 1); ++d) {
+      row[d] = detail::float_to_fp8_e4m3(x[d] / scale);
+    }
+    std::memcpy(row + 512 + 4 * blk, &scale, 4);
+  }
+  for (int d = 0; d < kHeadDimRope; ++d) {
+    const uint16_t h = detail::float_to_bf16(x[kHeadDimV + d]);
+    std::memcpy(row + 528 + 2 * d, &h, 2);
+  }
+}
+
 DecodeParams HostDecode::params(Device device, void* q_ptr, void* q_pe_ptr, void* kv_ptr,
                                 void* block_table_ptr, void* seq_lens_ptr, void* out_ptr,
-                                void* lse_ptr) const {
+                                void* lse_ptr, void* kv_scale_ptr) const {
   const int64_t b = c.batch, s = c.s_q, h = c.h_q;
   DecodeParams p;
   if (c.split_q) {
@@ -145,8 +172,22 @@ DecodeParams HostDecode::params(Device device, void* q_ptr, void* q_pe_ptr, void
     p.q = make_tensor(q_ptr, c.dtype, {b, s, h, kHeadDimQK}, {s * h * q_row, h * q_row, q_row, 1},
                       device);
   }
-  p.kv_cache = make_tensor(kv_ptr, c.dtype, {num_pages, c.page_size, kHeadDimQK},
-                           {c.page_size * kv_row, kv_row, 1}, device);
+  if (c.kv_format == KvFormat::kSameAsQ) {
+    p.kv_cache = make_tensor(kv_ptr, c.dtype, {num_pages, c.page_size, kHeadDimQK},
+                             {c.page_size * kv_row, kv_row, 1}, device);
+  } else {
+    p.kv_cache =
+        make_tensor(kv_ptr, DType::kUInt8, {num_pages, c.page_size, kv_token_width(c.kv_format)},
+                    {c.page_size * kv_row, kv_row, 1}, device);
+    p.kv_format = c.kv_format;
+    if (c.kv_format == KvFormat::kFp8E4M3) {
+      if (c.scale_tensor) {
+        p.kv_scale_tensor = make_tensor(kv_scale_ptr, DType::kFloat32, {1}, device);
+      } else {
+        p.kv_scale = c.kv_scale;
+      }
+    }
+  }
   p.block_table = make_tensor(block_table_ptr, DType::kInt32, {b, max_pages}, device);
   p.seq_lens = make_tensor(seq_lens_ptr, DType::kInt32, {b}, device);
   p.out = make_tensor(out_ptr, c.dtype, {b, s, h, kHeadDimV},
@@ -169,7 +210,8 @@ HostDecode make_decode(const DecodeCase& c) {
   const int pad = c.padded_strides ? 64 : 0;  // 128 bytes: keeps rows 16-byte aligned
   hd.q_row = (c.split_q ? kHeadDimV : kHeadDimQK) + pad;
   hd.q_pe_row = kHeadDimRope + (c.padded_strides ? 16 : 0);
-  hd.kv_row = kHeadDimQK + pad;
+  const bool fp8 = c.kv_format != KvFormat::kSameAsQ;
+  hd.kv_row = kv_token_width(c.kv_format) + pad;  // elements, or bytes for fp8 (always even)
   hd.out_row = kHeadDimV + pad;
 
   // Pages: each request gets ceil(len / page_size) distinct pages in random order; the cache
@@ -194,14 +236,32 @@ HostDecode make_decode(const DecodeCase& c) {
   }
 
   // KV cache: NaN everywhere except the rows that are live tokens (row padding stays NaN).
-  hd.kv.assign(static_cast<size_t>(hd.num_pages * c.page_size * hd.kv_row), kPoison16);
+  // fp8: the bytes alternate between the e4m3 NaN codes 0x7F and 0xFF (0xFF7F as an element),
+  // and every fp8_ds_mla row gets NaN scales; live rows are then overwritten.
+  const int64_t kv_rows = hd.num_pages * c.page_size;
+  hd.kv.assign(static_cast<size_t>(fp8 ? kv_rows * hd.kv_row / 2 : kv_rows * hd.kv_row),
+               fp8 ? uint16_t{0xff7f} : kPoison16);
+  uint8_t* kv_bytes = reinterpret_cast<uint8_t*>(hd.kv.data());
+  if (c.kv_format == KvFormat::kFp8DsMla) {
+    const float nan_scales[4] = {std::nanf(""), -std::nanf(""), std::nanf(""), std::nanf("")};
+    for (int64_t r = 0; r < kv_rows; ++r) {
+      std::memcpy(kv_bytes + r * hd.kv_row + 512, nan_scales, sizeof nan_scales);
+    }
+  }
+  float values[kHeadDimQK];
   for (int b = 0; b < c.batch; ++b) {
     for (int64_t j = 0; j < c.seq_lens[b]; ++j) {
       const int64_t page = hd.block_table[b * hd.max_pages + j / c.page_size];
-      uint16_t* row = &hd.kv[(page * c.page_size + j % c.page_size) * hd.kv_row];
-      for (int d = 0; d < kHeadDimQK; ++d) row[d] = to_half(kv_dist(rng), c.dtype);
+      const int64_t r = page * c.page_size + j % c.page_size;
+      for (int d = 0; d < kHeadDimQK; ++d) values[d] = kv_dist(rng);
+      if (fp8) {
+        quantize_row(c.kv_format, c.kv_scale, values, kv_bytes + r * hd.kv_row);
+      } else {
+        for (int d = 0; d < kHeadDimQK; ++d) hd.kv[r * hd.kv_row + d] = to_half(values[d], c.dtype);
+      }
     }
   }
+  hd.kv_scale.assign(1, c.kv_scale);
   // Queries (row padding NaN).
   const int64_t rows = static_cast<int64_t>(c.batch) * c.s_q * c.h_q;
   hd.q.assign(static_cast<size_t>(rows * hd.q_row), kPoison16);
@@ -225,7 +285,7 @@ HostDecode make_decode(const DecodeCase& c) {
   hd.ref_lse.assign(std::max<size_t>(hd.lse_elems, 1), detail::bits_to_float(kPoison32));
   DecodeParams p =
       hd.params(Device{}, hd.q.data(), hd.q_pe.data(), hd.kv.data(), hd.block_table.data(),
-                hd.seq_lens.data(), hd.ref_out.data(), hd.ref_lse.data());
+                hd.seq_lens.data(), hd.ref_out.data(), hd.ref_lse.data(), hd.kv_scale.data());
   ExecConfig config;
   config.reference = true;
   Status s = decode(p, Workspace{}, config);
@@ -320,13 +380,14 @@ DeviceDecode::DeviceDecode(const HostDecode& hd, Device device) {
   kv = up(hd.kv);
   block_table = up(hd.block_table);
   seq_lens = up(hd.seq_lens);
+  kv_scale = up(hd.kv_scale);
   out = up(std::vector<uint16_t>(hd.out_elems, kPoison16));
   lse = up(std::vector<float>(std::max<size_t>(hd.lse_elems, 1), std::nanf("")));
   const DecodeCase& c = hd.c;
   sized = workspace_size(DecodeShape{c.batch, c.s_q, c.h_q}, device, ExecConfig{}, &ws_bytes);
   ws = up(std::vector<uint8_t>(ws_bytes, kPoisonByte));
   params = hd.params(device, q->data(), q_pe->data(), kv->data(), block_table->data(),
-                     seq_lens->data(), out->data(), lse->data());
+                     seq_lens->data(), out->data(), lse->data(), kv_scale->data());
 }
 
 std::vector<uint16_t> DeviceDecode::out_host(const HostDecode& hd) const {
@@ -352,6 +413,7 @@ Comparison run_decode_case(const DecodeCase& c, Device device, const ExecConfig&
   };
   auto q = upload(hd.q), q_pe = upload(hd.q_pe), kv = upload(hd.kv);
   auto block_table = upload(hd.block_table), seq_lens = upload(hd.seq_lens);
+  auto kv_scale = upload(hd.kv_scale);
   const std::vector<uint16_t> out_poison(hd.out_elems, kPoison16);
   const std::vector<float> lse_poison(std::max<size_t>(hd.lse_elems, 1),
                                       detail::bits_to_float(kPoison32));
@@ -363,7 +425,7 @@ Comparison run_decode_case(const DecodeCase& c, Device device, const ExecConfig&
   if (!status->ok()) return Comparison{false, 0, 0, 0, 0, "workspace_size: " + status->message()};
   auto ws = allocate(device, ws_bytes);
   const DecodeParams p = hd.params(device, q->data(), q_pe->data(), kv->data(), block_table->data(),
-                                   seq_lens->data(), out->data(), lse->data());
+                                   seq_lens->data(), out->data(), lse->data(), kv_scale->data());
 
   // Two calls: the workspace first NaN-filled, then filled with a plausible finite pattern
   // (0x3c3c3c3c = 0.0115f); outputs re-poisoned before each. Both must match the reference.

@@ -31,6 +31,12 @@ struct DecodeCase {
   int extra_pages = 3;          // spare pages in the cache beyond those needed (NaN-filled)
   float scale = 0.0721687836f;  // 1 / sqrt(192), DeepSeek's softmax scale
   uint64_t seed = 1;
+  // Cache format. fp8 caches hold the same drawn values as the bf16/fp16 cache of the same case
+  // (same seed), quantised: fp8_e4m3 with kv_scale (or, with scale_tensor, the same scale passed
+  // as a one-element fp32 tensor), fp8_ds_mla with per-block scales amax / 448.
+  KvFormat kv_format = KvFormat::kSameAsQ;
+  float kv_scale = 1.0f / 256;
+  bool scale_tensor = false;
 };
 
 std::string describe(const DecodeCase& c);
@@ -73,6 +79,13 @@ bool device_usable(Device device);
 // `v` rounded to nearest-even in `dtype` (bf16 or fp16), as bits.
 uint16_t to_half(float v, DType dtype);
 
+// Width in bytes (fp8) or elements (bf16/fp16) of one cached token of `format`.
+int kv_token_width(KvFormat format);
+// Quantises 576 values into one fp8 cache row of `format` (the harness's own quantiser, written
+// from the format's definition, independent of write_kv_cache): fp8_e4m3 stores e4m3(x /
+// kv_scale); fp8_ds_mla uses per-block scales max(amax, 1e-4) / 448 and bf16 RoPE values.
+void quantize_row(KvFormat format, float kv_scale, const float* x, uint8_t* row);
+
 // NaN bit patterns used as poison: bf16/fp16 quiet NaN halves and fp32 NaN.
 inline constexpr uint16_t kPoison16 = 0x7fc1;  // a NaN in bf16 and in fp16
 inline constexpr uint32_t kPoison32 = 0x7fc00001u;
@@ -83,17 +96,22 @@ inline constexpr int32_t kDeadPageId = 2147480000;
 struct HostDecode {
   DecodeCase c;
   int64_t num_pages = 0, max_pages = 0;
-  // Element strides of the (possibly padded) layouts.
+  // Element strides of the (possibly padded) layouts (kv_row in bytes for fp8 caches).
   int64_t q_row = 0, q_pe_row = 0, kv_row = 0, out_row = 0;
-  std::vector<uint16_t> q, q_pe, kv;           // kv: dead pages and page tails hold NaN
+  // kv: dead pages and page tails hold NaN: kPoison16 for bf16/fp16; for fp8 caches (whose bytes
+  // kv holds, two per element) the e4m3 NaN codes 0x7F and 0xFF alternating, and NaN fp32
+  // scales in the dead rows of fp8_ds_mla.
+  std::vector<uint16_t> q, q_pe, kv;
+  std::vector<float> kv_scale;  // [1]: the scale tensor of fp8_e4m3 cases with scale_tensor
   std::vector<int32_t> block_table, seq_lens;  // dead entries hold kDeadPageId
   std::vector<uint16_t> ref_out;               // reference, same layout as the out buffer
   std::vector<float> ref_lse;                  // [batch, s_q, h_q] packed
   size_t out_elems = 0, lse_elems = 0;
 
-  // Views over buffers at the given addresses, on `device`.
+  // Views over buffers at the given addresses, on `device`; `kv_scale` is the scale tensor's
+  // buffer (used when c.scale_tensor).
   DecodeParams params(Device device, void* q, void* q_pe, void* kv, void* block_table,
-                      void* seq_lens, void* out, void* lse) const;
+                      void* seq_lens, void* out, void* lse, void* kv_scale = nullptr) const;
 };
 
 HostDecode make_decode(const DecodeCase& c);
@@ -101,7 +119,7 @@ HostDecode make_decode(const DecodeCase& c);
 // Device buffers of one generated problem on `device`: inputs uploaded, out and lse poisoned, and
 // a workspace of workspace_size() bytes (`sized` holds that call's status) NaN-filled.
 struct DeviceDecode {
-  std::unique_ptr<DeviceBuffer> q, q_pe, kv, block_table, seq_lens, out, lse, ws;
+  std::unique_ptr<DeviceBuffer> q, q_pe, kv, block_table, seq_lens, out, lse, ws, kv_scale;
   size_t ws_bytes = 0;
   Status sized;
   DecodeParams params;

@@ -1,6 +1,7 @@
 // AVX-512 kernel with AVX512-BF16 (Cooper Lake, Sapphire Rapids, Zen 4 and later): for bf16
-// data the scores come from vdpbf16ps on raw bf16 pairs (kernel_impl.h); fp16 data takes the
-// plain AVX-512 path. Selected only when cpuid reports AVX512_BF16 besides F/BW/DQ/VL.
+// data the scores come from vdpbf16ps on raw bf16 pairs (kernel_impl.h); fp16 data and fp8
+// caches take the plain AVX-512 path. Selected only when cpuid reports AVX512_BF16 besides
+// F/BW/DQ/VL.
 #include <cstring>
 
 #include "cpu/fast/kernel_impl.h"
@@ -24,7 +25,7 @@ struct Avx512Bf16Ops : Avx512Ops {
 };
 
 void run_piece_bf16(const detail::DecodeProblem& p, const Piece& pc, float* scratch) {
-  if (p.dtype == detail::ElemType::kBFloat16) {
+  if (p.dtype == detail::ElemType::kBFloat16 && p.kv_type == detail::KvType::kHalf) {
     run_piece<Avx512Bf16Ops, true>(p, pc, scratch);
   } else {
     run_piece<Avx512Bf16Ops, false>(p, pc, scratch);

@@ -17,6 +17,8 @@
 // With kBf16Dot (the opt-in AVX512-BF16 variant, see isa.h) and bf16 data, step 1 keeps q as
 // raw bf16 pairs and the scores come from vdpbf16ps on the raw bf16 tile (two exact products
 // per lane per instruction, fp32 accumulation, half the instructions); only V is converted.
+// fp8 caches (never with kBf16Dot) are dequantised token by token into the fp32 tile through the
+// ISA's fp16 conversion (load_fp8_token), code * scale rounded once to fp32.
 // Keys at or beyond seq_len are never loaded (the tile is cut at k1 <= seq_len); padding
 // tokens of the last tile are zero-filled, then masked, so their P is exactly 0 and their V is
 // 0 (never 0 * NaN).
@@ -27,6 +29,7 @@
 #include <cstring>
 #include <limits>
 
+#include "core/fp8.h"
 #include "cpu/fast/kernel.h"
 
 #define MLA_ALWAYS_INLINE inline __attribute__((always_inline))
@@ -276,6 +279,31 @@ void tile_softmax(float* s, int64_t ld, int ntok, const float* lim, float* m, fl
   }
 }
 
+// One fp8 token (row: its bytes) dequantised into dst[576]: codes become fp16 bit patterns
+// (value / 256, exact), the ISA's fp16 conversion makes them fp32, and two multiplications, by
+// 256 (exact) and by the scale, give code * scale rounded once, as cpu/elem.h's table does.
+template <class Ops>
+MLA_ALWAYS_INLINE void load_fp8_token(const DecodeProblem& p, const uint8_t* row, float* dst) {
+  alignas(64) uint16_t h[kHeadDimQK];
+  const bool ds_mla = p.kv_type == detail::KvType::kFp8DsMla;
+  const int n = ds_mla ? kHeadDimV : kHeadDimQK;
+  for (int d = 0; d < n; ++d) h[d] = detail::fp8_e4m3_to_fp16_bits_div256(row[d]);
+  Ops::load_halves(h, dst, n, detail::ElemType::kFloat16);
+  if (!ds_mla) {
+    const float scale = p.kv_scale;
+    for (int d = 0; d < kHeadDimQK; ++d) dst[d] = dst[d] * 256.0f * scale;
+    return;
+  }
+  float scales[kHeadDimV / detail::kDsMlaBlock];
+  std::memcpy(scales, row + detail::kDsMlaScaleOffset, sizeof scales);
+  for (int blk = 0; blk < kHeadDimV / detail::kDsMlaBlock; ++blk) {
+    float* v = dst + blk * detail::kDsMlaBlock;
+    for (int d = 0; d < detail::kDsMlaBlock; ++d) v[d] = v[d] * 256.0f * scales[blk];
+  }
+  std::memcpy(h, row + detail::kDsMlaRopeOffset, sizeof(uint16_t) * kHeadDimRope);
+  Ops::load_halves(h, dst + kHeadDimV, kHeadDimRope, detail::ElemType::kBFloat16);
+}
+
 // kBf16Dot: scores by vdpbf16ps from raw bf16 (only instantiated for Ops that have it, and
 // only called for bf16 data).
 template <class Ops, bool kBf16Dot>
@@ -335,12 +363,20 @@ void run_piece(const DecodeProblem& p, const Piece& pc, float* scratch) {
   std::memset(ot, 0, sizeof(float) * kHeadDimV * ld);
 
   // 2. KV tiles.
-  const uint16_t* cache = static_cast<const uint16_t*>(p.kv);
+  // Token addresses are computed in bytes (strides are in elements of the cache's type: 2 bytes
+  // for bf16/fp16, 1 for fp8) and kept as uint16_t pointers for the bf16/fp16 loads; an fp8 row
+  // is only dereferenced as bytes by dequantize_token. Prefetching always covers 1152 bytes from
+  // a row's start: for fp8 rows that reaches into the following row, a harmless hint.
+  const char* cache = static_cast<const char*>(p.kv);
+  const int64_t kv_bytes = p.kv_type == detail::KvType::kHalf ? 2 : 1;
   const int32_t* pages = p.block_table + pc.b * p.block_table_stride;
   const int64_t in_page = p.page_size - 1;
-  auto token = [&](int64_t j) {
-    return cache + static_cast<int64_t>(pages[j >> p.page_shift]) * p.kv_stride_page +
+  auto token_offset = [&](int64_t j) {
+    return static_cast<int64_t>(pages[j >> p.page_shift]) * p.kv_stride_page +
            (j & in_page) * p.kv_stride_row;
+  };
+  auto token = [&](int64_t j) {
+    return reinterpret_cast<const uint16_t*>(cache + token_offset(j) * kv_bytes);
   };
   for (int64_t t0 = pc.k0; t0 < pc.k1; t0 += kKvTile) {
     const int n = static_cast<int>(pc.k1 - t0 < kKvTile ? pc.k1 - t0 : kKvTile);
@@ -349,8 +385,11 @@ void run_piece(const DecodeProblem& p, const Piece& pc, float* scratch) {
       if constexpr (kBf16Dot) {
         std::memcpy(raw + t * kHeadDimQK, token(t0 + t), sizeof(uint16_t) * kHeadDimQK);
         Ops::load_halves(raw + t * kHeadDimQK, kv + t * kHeadDimQK, kHeadDimV, p.dtype);
-      } else {
+      } else if (p.kv_type == detail::KvType::kHalf) {
         Ops::load_halves(token(t0 + t), kv + t * kHeadDimQK, kHeadDimQK, p.dtype);
+      } else {
+        load_fp8_token<Ops>(p, static_cast<const uint8_t*>(p.kv) + token_offset(t0 + t),
+                            kv + t * kHeadDimQK);
       }
     }
     if constexpr (kBf16Dot) {
