@@ -42,40 +42,14 @@ Status validate_sparse_decode(const char* fn, const SparseDecodeParams& p,
                                              {"attn_sink", &p.attn_sink},
                                              {"out", &p.out},
                                              {"lse", &p.lse}}));
-  const bool split_q = p.q_pe.present();
-  const int64_t batch = p.q.ndim >= 1 ? p.q.shape[0] : 0;
-  const int64_t s_q = p.q.ndim >= 2 ? p.q.shape[1] : 0;
-  const int64_t h_q = p.q.ndim >= 3 ? p.q.shape[2] : 0;
-
-  // q (or q_nope + q_pe) defines batch, s_q and h_q; indices defines topk.
-  MLA_RETURN_IF_ERROR(check_dtype(fn, "q", p.q, {DType::kBFloat16, DType::kFloat16}));
-  if (split_q) {
-    MLA_RETURN_IF_ERROR(check_tensor(
-        fn, "q", p.q,
-        {"[batch, s_q, h_q, 512] (q_nope, since q_pe is given)", 4, {-1, -1, -1, kHeadDimV}},
-        device));
-  } else {
-    MLA_RETURN_IF_ERROR(check_tensor(
-        fn, "q", p.q, {"[batch, s_q, h_q, 576]", 4, {-1, -1, -1, kHeadDimQK}}, device));
-  }
-  MLA_RETURN_IF_ERROR(check_shape(fn, "q", DecodeShape{batch, s_q, h_q}));
-  if (split_q) {
-    MLA_RETURN_IF_ERROR(check_same_dtype(fn, "q_pe", p.q_pe, "q", p.q.dtype));
-    MLA_RETURN_IF_ERROR(check_tensor(
-        fn, "q_pe", p.q_pe, {"[batch, s_q, h_q, 64]", 4, {batch, s_q, h_q, kHeadDimRope}}, device));
-  }
+  DecodeShape shape;
+  MLA_RETURN_IF_ERROR(check_query(fn, p.q, p.q_pe, device, &shape));
+  const int64_t batch = shape.batch, s_q = shape.s_q, h_q = shape.h_q;
   MLA_RETURN_IF_ERROR(check_same_dtype(fn, "kv_cache", p.kv_cache, "q", p.q.dtype));
   MLA_RETURN_IF_ERROR(check_tensor(fn, "kv_cache", p.kv_cache,
                                    {"[num_pages, page_size, 576]", 3, {-1, -1, kHeadDimQK}},
                                    device));
-  const int64_t num_pages = p.kv_cache.shape[0];
-  const int64_t page_size = p.kv_cache.shape[1];
-  if (page_size < 1 || page_size > kMaxPageSize || (page_size & (page_size - 1)) != 0) {
-    return argument_error(StatusCode::kUnsupported, fn, "kv_cache",
-                          "page_size (dimension 1) must be a power of two in [1, ", kMaxPageSize,
-                          "], got ", page_size);
-  }
-  MLA_RETURN_IF_ERROR(check_int32(fn, "kv_cache", num_pages));
+  MLA_RETURN_IF_ERROR(check_page_size(fn, p.kv_cache));
 
   MLA_RETURN_IF_ERROR(check_rank(fn, "indices", p.indices));
   MLA_RETURN_IF_ERROR(check_dtype(fn, "indices", p.indices, {DType::kInt32}));
@@ -93,69 +67,23 @@ Status validate_sparse_decode(const char* fn, const SparseDecodeParams& p,
     MLA_RETURN_IF_ERROR(check_tensor(fn, "attn_sink", p.attn_sink, {"[h_q]", 1, {h_q}}, device));
   }
 
-  MLA_RETURN_IF_ERROR(check_same_dtype(fn, "out", p.out, "q", p.q.dtype));
-  MLA_RETURN_IF_ERROR(check_tensor(
-      fn, "out", p.out, {"[batch, s_q, h_q, 512]", 4, {batch, s_q, h_q, kHeadDimV}}, device));
-  MLA_RETURN_IF_ERROR(check_non_overlapping(fn, "out", p.out));
-  if (p.lse.present()) {
-    MLA_RETURN_IF_ERROR(
-        check_lse_tensor(fn, "lse", p.lse, {"[batch, s_q, h_q]", 3, {batch, s_q, h_q}}, device));
-    MLA_RETURN_IF_ERROR(check_non_overlapping(fn, "lse", p.lse));
-  }
-  // The outputs share no memory with the inputs or with each other.
-  for (const TensorView* out : {&p.out, &p.lse}) {
-    const char* out_name = out == &p.out ? "out" : "lse";
-    MLA_RETURN_IF_ERROR(check_disjoint(fn, out_name, *out, "q", p.q));
-    MLA_RETURN_IF_ERROR(check_disjoint(fn, out_name, *out, "q_pe", p.q_pe));
-    MLA_RETURN_IF_ERROR(check_disjoint(fn, out_name, *out, "kv_cache", p.kv_cache));
-    MLA_RETURN_IF_ERROR(check_disjoint(fn, out_name, *out, "indices", p.indices));
-    MLA_RETURN_IF_ERROR(check_disjoint(fn, out_name, *out, "topk_lengths", p.topk_lengths));
-    MLA_RETURN_IF_ERROR(check_disjoint(fn, out_name, *out, "attn_sink", p.attn_sink));
-  }
-  MLA_RETURN_IF_ERROR(check_disjoint(fn, "out", p.out, "lse", p.lse));
-  if (!std::isfinite(p.softmax_scale) || p.softmax_scale <= 0.0f) {
-    return invalid_argument(fn, "softmax_scale", "must be finite and > 0, got ", p.softmax_scale);
-  }
-  if (device.type == DeviceType::kCUDA) {
-    MLA_RETURN_IF_ERROR(check_rows_aligned_16(fn, "q", p.q));
-    if (split_q) MLA_RETURN_IF_ERROR(check_rows_aligned_16(fn, "q_pe", p.q_pe));
-    MLA_RETURN_IF_ERROR(check_rows_aligned_16(fn, "kv_cache", p.kv_cache));
-    MLA_RETURN_IF_ERROR(check_rows_aligned_16(fn, "out", p.out));
-  }
+  MLA_RETURN_IF_ERROR(check_outputs(fn, p.out, p.lse, p.q.dtype, shape, device,
+                                    {{"q", &p.q},
+                                     {"q_pe", &p.q_pe},
+                                     {"kv_cache", &p.kv_cache},
+                                     {"indices", &p.indices},
+                                     {"topk_lengths", &p.topk_lengths},
+                                     {"attn_sink", &p.attn_sink}}));
+  MLA_RETURN_IF_ERROR(check_softmax_scale(fn, p.softmax_scale));
+  MLA_RETURN_IF_ERROR(check_cuda_rows(fn, device, p.q, p.q_pe, p.kv_cache, p.out));
 
   SparseDecodeProblem& pr = *problem;
   pr = SparseDecodeProblem{};
+  fill_problem_views(p.q, p.q_pe, p.kv_cache, p.out, p.lse, p.softmax_scale, &pr);
   pr.batch = static_cast<int32_t>(batch);
   pr.s_q = static_cast<int32_t>(s_q);
   pr.h_q = static_cast<int32_t>(h_q);
   pr.topk = static_cast<int32_t>(topk);
-  pr.page_size = static_cast<int32_t>(page_size);
-  pr.page_shift = 0;
-  while ((1 << pr.page_shift) < page_size) ++pr.page_shift;
-  pr.num_pages = static_cast<int32_t>(num_pages);
-  pr.dtype = p.q.dtype == DType::kBFloat16 ? ElemType::kBFloat16 : ElemType::kFloat16;
-  pr.scale = p.softmax_scale;
-
-  const int64_t esize = static_cast<int64_t>(dtype_size(p.q.dtype));
-  pr.q_nope = p.q.data;
-  pr.q_nope_stride_b = p.q.strides[0];
-  pr.q_nope_stride_s = p.q.strides[1];
-  pr.q_nope_stride_h = p.q.strides[2];
-  if (split_q) {
-    pr.q_pe = p.q_pe.data;
-    pr.q_pe_stride_b = p.q_pe.strides[0];
-    pr.q_pe_stride_s = p.q_pe.strides[1];
-    pr.q_pe_stride_h = p.q_pe.strides[2];
-  } else {
-    pr.q_pe =
-        p.q.data == nullptr ? nullptr : static_cast<const char*>(p.q.data) + kHeadDimV * esize;
-    pr.q_pe_stride_b = pr.q_nope_stride_b;
-    pr.q_pe_stride_s = pr.q_nope_stride_s;
-    pr.q_pe_stride_h = pr.q_nope_stride_h;
-  }
-  pr.kv = p.kv_cache.data;
-  pr.kv_stride_page = p.kv_cache.strides[0];
-  pr.kv_stride_row = p.kv_cache.strides[1];
   pr.indices = static_cast<const int32_t*>(p.indices.data);
   pr.indices_stride_b = p.indices.strides[0];
   pr.indices_stride_s = p.indices.strides[1];
@@ -166,16 +94,6 @@ Status validate_sparse_decode(const char* fn, const SparseDecodeParams& p,
   if (p.attn_sink.present()) {
     pr.attn_sink = static_cast<const float*>(p.attn_sink.data);
     pr.attn_sink_stride = p.attn_sink.strides[0];
-  }
-  pr.out = p.out.data;
-  pr.out_stride_b = p.out.strides[0];
-  pr.out_stride_s = p.out.strides[1];
-  pr.out_stride_h = p.out.strides[2];
-  if (p.lse.present()) {
-    pr.lse = static_cast<float*>(p.lse.data);
-    pr.lse_stride_b = p.lse.strides[0];
-    pr.lse_stride_s = p.lse.strides[1];
-    pr.lse_stride_h = p.lse.strides[2];
   }
   *device_out = device;
   return Status();

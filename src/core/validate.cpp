@@ -297,6 +297,80 @@ Status check_shape(const char* fn, const char* arg, const DecodeShape& shape) {
   return Status();
 }
 
+Status check_query(const char* fn, const TensorView& q, const TensorView& q_pe, Device device,
+                   DecodeShape* shape) {
+  const int64_t batch = q.ndim >= 1 ? q.shape[0] : 0;
+  const int64_t s_q = q.ndim >= 2 ? q.shape[1] : 0;
+  const int64_t h_q = q.ndim >= 3 ? q.shape[2] : 0;
+  MLA_RETURN_IF_ERROR(check_dtype(fn, "q", q, {DType::kBFloat16, DType::kFloat16}));
+  if (q_pe.present()) {
+    MLA_RETURN_IF_ERROR(check_tensor(
+        fn, "q", q,
+        {"[batch, s_q, h_q, 512] (q_nope, since q_pe is given)", 4, {-1, -1, -1, kHeadDimV}},
+        device));
+  } else {
+    MLA_RETURN_IF_ERROR(
+        check_tensor(fn, "q", q, {"[batch, s_q, h_q, 576]", 4, {-1, -1, -1, kHeadDimQK}}, device));
+  }
+  MLA_RETURN_IF_ERROR(check_shape(fn, "q", DecodeShape{batch, s_q, h_q}));
+  if (q_pe.present()) {
+    MLA_RETURN_IF_ERROR(check_same_dtype(fn, "q_pe", q_pe, "q", q.dtype));
+    MLA_RETURN_IF_ERROR(check_tensor(
+        fn, "q_pe", q_pe, {"[batch, s_q, h_q, 64]", 4, {batch, s_q, h_q, kHeadDimRope}}, device));
+  }
+  *shape = DecodeShape{batch, s_q, h_q};
+  return Status();
+}
+
+Status check_page_size(const char* fn, const TensorView& kv_cache) {
+  const int64_t page_size = kv_cache.shape[1];
+  if (page_size < 1 || page_size > kMaxPageSize || (page_size & (page_size - 1)) != 0) {
+    return argument_error(StatusCode::kUnsupported, fn, "kv_cache",
+                          "page_size (dimension 1) must be a power of two in [1, ", kMaxPageSize,
+                          "], got ", page_size);
+  }
+  return check_int32(fn, "kv_cache", kv_cache.shape[0]);
+}
+
+Status check_outputs(const char* fn, const TensorView& out, const TensorView& lse, DType q_dtype,
+                     const DecodeShape& shape, Device device,
+                     std::initializer_list<std::pair<const char*, const TensorView*>> inputs) {
+  const int64_t batch = shape.batch, s_q = shape.s_q, h_q = shape.h_q;
+  MLA_RETURN_IF_ERROR(check_same_dtype(fn, "out", out, "q", q_dtype));
+  MLA_RETURN_IF_ERROR(check_tensor(
+      fn, "out", out, {"[batch, s_q, h_q, 512]", 4, {batch, s_q, h_q, kHeadDimV}}, device));
+  MLA_RETURN_IF_ERROR(check_non_overlapping(fn, "out", out));
+  if (lse.present()) {
+    MLA_RETURN_IF_ERROR(
+        check_lse_tensor(fn, "lse", lse, {"[batch, s_q, h_q]", 3, {batch, s_q, h_q}}, device));
+    MLA_RETURN_IF_ERROR(check_non_overlapping(fn, "lse", lse));
+  }
+  // The outputs share no memory with the inputs or with each other.
+  for (const TensorView* o : {&out, &lse}) {
+    const char* out_name = o == &out ? "out" : "lse";
+    for (const auto& [name, t] : inputs) {
+      MLA_RETURN_IF_ERROR(check_disjoint(fn, out_name, *o, name, *t));
+    }
+  }
+  return check_disjoint(fn, "out", out, "lse", lse);
+}
+
+Status check_softmax_scale(const char* fn, float scale) {
+  if (!std::isfinite(scale) || scale <= 0.0f) {
+    return invalid_argument(fn, "softmax_scale", "must be finite and > 0, got ", scale);
+  }
+  return Status();
+}
+
+Status check_cuda_rows(const char* fn, Device device, const TensorView& q, const TensorView& q_pe,
+                       const TensorView& kv_cache, const TensorView& out) {
+  if (device.type != DeviceType::kCUDA) return Status();
+  MLA_RETURN_IF_ERROR(check_rows_aligned_16(fn, "q", q));
+  if (q_pe.present()) MLA_RETURN_IF_ERROR(check_rows_aligned_16(fn, "q_pe", q_pe));
+  MLA_RETURN_IF_ERROR(check_rows_aligned_16(fn, "kv_cache", kv_cache));
+  return check_rows_aligned_16(fn, "out", out);
+}
+
 // detail::KvType mirrors KvFormat value for value (problem.h stays free of the public header).
 static_assert(static_cast<int>(KvType::kHalf) == static_cast<int>(KvFormat::kSameAsQ) &&
               static_cast<int>(KvType::kFp8E4M3) == static_cast<int>(KvFormat::kFp8E4M3) &&
@@ -400,38 +474,12 @@ Status validate_decode(const char* fn, const DecodeParams& p, DecodeProblem* pro
                                              {"out", &p.out},
                                              {"lse", &p.lse},
                                              {"kv_scale_tensor", &p.kv_scale_tensor}}));
-  const bool split_q = p.q_pe.present();
-  const int64_t batch = p.q.ndim >= 1 ? p.q.shape[0] : 0;
-  const int64_t s_q = p.q.ndim >= 2 ? p.q.shape[1] : 0;
-  const int64_t h_q = p.q.ndim >= 3 ? p.q.shape[2] : 0;
-
-  // q (or q_nope + q_pe) defines batch, s_q and h_q.
-  MLA_RETURN_IF_ERROR(check_dtype(fn, "q", p.q, {DType::kBFloat16, DType::kFloat16}));
-  if (split_q) {
-    MLA_RETURN_IF_ERROR(check_tensor(
-        fn, "q", p.q,
-        {"[batch, s_q, h_q, 512] (q_nope, since q_pe is given)", 4, {-1, -1, -1, kHeadDimV}},
-        device));
-  } else {
-    MLA_RETURN_IF_ERROR(check_tensor(
-        fn, "q", p.q, {"[batch, s_q, h_q, 576]", 4, {-1, -1, -1, kHeadDimQK}}, device));
-  }
-  MLA_RETURN_IF_ERROR(check_shape(fn, "q", DecodeShape{batch, s_q, h_q}));
-  if (split_q) {
-    MLA_RETURN_IF_ERROR(check_same_dtype(fn, "q_pe", p.q_pe, "q", p.q.dtype));
-    MLA_RETURN_IF_ERROR(check_tensor(
-        fn, "q_pe", p.q_pe, {"[batch, s_q, h_q, 64]", 4, {batch, s_q, h_q, kHeadDimRope}}, device));
-  }
+  DecodeShape shape;
+  MLA_RETURN_IF_ERROR(check_query(fn, p.q, p.q_pe, device, &shape));
+  const int64_t batch = shape.batch;
   MLA_RETURN_IF_ERROR(check_kv_format(fn, p.kv_format, p.kv_cache, "q", p.q.dtype, p.kv_scale,
                                       p.kv_scale_tensor, device));
-  const int64_t num_pages = p.kv_cache.shape[0];
-  const int64_t page_size = p.kv_cache.shape[1];
-  if (page_size < 1 || page_size > kMaxPageSize || (page_size & (page_size - 1)) != 0) {
-    return argument_error(StatusCode::kUnsupported, fn, "kv_cache",
-                          "page_size (dimension 1) must be a power of two in [1, ", kMaxPageSize,
-                          "], got ", page_size);
-  }
-  MLA_RETURN_IF_ERROR(check_int32(fn, "kv_cache", num_pages));
+  MLA_RETURN_IF_ERROR(check_page_size(fn, p.kv_cache));
 
   MLA_RETURN_IF_ERROR(check_dtype(fn, "block_table", p.block_table, {DType::kInt32}));
   MLA_RETURN_IF_ERROR(check_tensor(fn, "block_table", p.block_table,
@@ -440,71 +488,25 @@ Status validate_decode(const char* fn, const DecodeParams& p, DecodeProblem* pro
   MLA_RETURN_IF_ERROR(check_dtype(fn, "seq_lens", p.seq_lens, {DType::kInt32}));
   MLA_RETURN_IF_ERROR(check_tensor(fn, "seq_lens", p.seq_lens, {"[batch]", 1, {batch}}, device));
 
-  MLA_RETURN_IF_ERROR(check_same_dtype(fn, "out", p.out, "q", p.q.dtype));
-  MLA_RETURN_IF_ERROR(check_tensor(
-      fn, "out", p.out, {"[batch, s_q, h_q, 512]", 4, {batch, s_q, h_q, kHeadDimV}}, device));
-  MLA_RETURN_IF_ERROR(check_non_overlapping(fn, "out", p.out));
-  if (p.lse.present()) {
-    MLA_RETURN_IF_ERROR(
-        check_lse_tensor(fn, "lse", p.lse, {"[batch, s_q, h_q]", 3, {batch, s_q, h_q}}, device));
-    MLA_RETURN_IF_ERROR(check_non_overlapping(fn, "lse", p.lse));
-  }
-  // The outputs share no memory with the inputs or with each other.
-  for (const TensorView* out : {&p.out, &p.lse}) {
-    const char* out_name = out == &p.out ? "out" : "lse";
-    MLA_RETURN_IF_ERROR(check_disjoint(fn, out_name, *out, "q", p.q));
-    MLA_RETURN_IF_ERROR(check_disjoint(fn, out_name, *out, "q_pe", p.q_pe));
-    MLA_RETURN_IF_ERROR(check_disjoint(fn, out_name, *out, "kv_cache", p.kv_cache));
-    MLA_RETURN_IF_ERROR(check_disjoint(fn, out_name, *out, "block_table", p.block_table));
-    MLA_RETURN_IF_ERROR(check_disjoint(fn, out_name, *out, "seq_lens", p.seq_lens));
-    MLA_RETURN_IF_ERROR(check_disjoint(fn, out_name, *out, "kv_scale_tensor", p.kv_scale_tensor));
-  }
-  MLA_RETURN_IF_ERROR(check_disjoint(fn, "out", p.out, "lse", p.lse));
-  if (!std::isfinite(p.softmax_scale) || p.softmax_scale <= 0.0f) {
-    return invalid_argument(fn, "softmax_scale", "must be finite and > 0, got ", p.softmax_scale);
-  }
-  if (device.type == DeviceType::kCUDA) {
-    MLA_RETURN_IF_ERROR(check_rows_aligned_16(fn, "q", p.q));
-    if (split_q) MLA_RETURN_IF_ERROR(check_rows_aligned_16(fn, "q_pe", p.q_pe));
-    MLA_RETURN_IF_ERROR(check_rows_aligned_16(fn, "kv_cache", p.kv_cache));
-    MLA_RETURN_IF_ERROR(check_rows_aligned_16(fn, "out", p.out));
-  }
+  MLA_RETURN_IF_ERROR(check_outputs(fn, p.out, p.lse, p.q.dtype, shape, device,
+                                    {{"q", &p.q},
+                                     {"q_pe", &p.q_pe},
+                                     {"kv_cache", &p.kv_cache},
+                                     {"block_table", &p.block_table},
+                                     {"seq_lens", &p.seq_lens},
+                                     {"kv_scale_tensor", &p.kv_scale_tensor}}));
+  MLA_RETURN_IF_ERROR(check_softmax_scale(fn, p.softmax_scale));
+  MLA_RETURN_IF_ERROR(check_cuda_rows(fn, device, p.q, p.q_pe, p.kv_cache, p.out));
   MLA_RETURN_IF_ERROR(check_kv_format_supported(fn, p.kv_format, device));
 
   DecodeProblem& pr = *problem;
   pr = DecodeProblem{};
-  pr.batch = static_cast<int32_t>(batch);
-  pr.s_q = static_cast<int32_t>(s_q);
-  pr.h_q = static_cast<int32_t>(h_q);
-  pr.page_size = static_cast<int32_t>(page_size);
-  pr.page_shift = 0;
-  while ((1 << pr.page_shift) < page_size) ++pr.page_shift;
+  fill_problem_views(p.q, p.q_pe, p.kv_cache, p.out, p.lse, p.softmax_scale, &pr);
+  pr.batch = static_cast<int32_t>(shape.batch);
+  pr.s_q = static_cast<int32_t>(shape.s_q);
+  pr.h_q = static_cast<int32_t>(shape.h_q);
   pr.max_pages = static_cast<int32_t>(p.block_table.shape[1]);
-  pr.num_pages = static_cast<int32_t>(num_pages);
-  pr.dtype = p.q.dtype == DType::kBFloat16 ? ElemType::kBFloat16 : ElemType::kFloat16;
-  pr.scale = p.softmax_scale;
   pr.causal = p.causal;
-
-  const int64_t esize = static_cast<int64_t>(dtype_size(p.q.dtype));
-  pr.q_nope = p.q.data;
-  pr.q_nope_stride_b = p.q.strides[0];
-  pr.q_nope_stride_s = p.q.strides[1];
-  pr.q_nope_stride_h = p.q.strides[2];
-  if (split_q) {
-    pr.q_pe = p.q_pe.data;
-    pr.q_pe_stride_b = p.q_pe.strides[0];
-    pr.q_pe_stride_s = p.q_pe.strides[1];
-    pr.q_pe_stride_h = p.q_pe.strides[2];
-  } else {
-    pr.q_pe =
-        p.q.data == nullptr ? nullptr : static_cast<const char*>(p.q.data) + kHeadDimV * esize;
-    pr.q_pe_stride_b = pr.q_nope_stride_b;
-    pr.q_pe_stride_s = pr.q_nope_stride_s;
-    pr.q_pe_stride_h = pr.q_nope_stride_h;
-  }
-  pr.kv = p.kv_cache.data;
-  pr.kv_stride_page = p.kv_cache.strides[0];
-  pr.kv_stride_row = p.kv_cache.strides[1];
   pr.kv_type = static_cast<KvType>(p.kv_format);
   pr.kv_scale = p.kv_scale;
   pr.kv_scale_ptr =
@@ -513,16 +515,6 @@ Status validate_decode(const char* fn, const DecodeParams& p, DecodeProblem* pro
   pr.block_table_stride = p.block_table.strides[0];
   pr.seq_lens = static_cast<const int32_t*>(p.seq_lens.data);
   pr.seq_lens_stride = p.seq_lens.strides[0];
-  pr.out = p.out.data;
-  pr.out_stride_b = p.out.strides[0];
-  pr.out_stride_s = p.out.strides[1];
-  pr.out_stride_h = p.out.strides[2];
-  if (p.lse.present()) {
-    pr.lse = static_cast<float*>(p.lse.data);
-    pr.lse_stride_b = p.lse.strides[0];
-    pr.lse_stride_s = p.lse.strides[1];
-    pr.lse_stride_h = p.lse.strides[2];
-  }
   *device_out = device;
   return Status();
 }
