@@ -18,6 +18,7 @@
 
 #include "core/backends.h"
 #include "cpu/elem.h"
+#include "cpu/fast/cut.h"
 #include "cpu/fast/isa.h"
 #include "cpu/fast/kernel.h"
 #include "cpu/fast/thread_pool.h"
@@ -99,22 +100,7 @@ Status make_schedule(const DecodeProblem& p, const Layout& lay, int num_threads,
   double begin = 0.0;
   std::vector<std::pair<int, int64_t>> cuts;  // (thread, first key) of each piece of a unit
   for (const Unit& u : units) {
-    const double end = begin + u.cost;
-    // Thread owning the unit's start, then one more piece per segment boundary inside it.
-    int thread = std::min(num_threads - 1, static_cast<int>(begin / segment));
-    cuts.assign(1, {thread, 0});
-    while (thread + 1 < num_threads && (thread + 1) * segment < end) {
-      ++thread;
-      const double frac = ((thread * segment) - begin) / u.cost;
-      const int64_t key = std::min<int64_t>(
-          u.len, static_cast<int64_t>(std::llround(frac * u.len / fast::kKvTile)) * fast::kKvTile);
-      if (key > cuts.back().second) {
-        cuts.push_back({thread, key});
-      } else {
-        cuts.back().first = thread;  // empty piece: the later thread takes the range
-      }
-    }
-    if (cuts.size() > 1 && cuts.back().second >= u.len) cuts.pop_back();
+    fast::cut_unit(begin, u.cost, u.len, segment, num_threads, fast::kKvTile, &cuts);
     const int64_t count = static_cast<int64_t>(cuts.size());
     if (count > 1) {
       if (next_partial + count > lay.num_partials) {
@@ -129,7 +115,7 @@ Status make_schedule(const DecodeProblem& p, const Layout& lay, int num_threads,
       out->pieces[cuts[i].first].push_back({u.b, u.row0, u.nrows, cuts[i].second, k1, partial});
     }
     if (count > 1) next_partial += count;
-    begin = end;
+    begin += u.cost;
   }
   return Status();
 }

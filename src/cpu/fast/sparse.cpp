@@ -26,6 +26,7 @@
 #include "core/sparse_backends.h"
 #include "core/status.h"
 #include "cpu/elem.h"
+#include "cpu/fast/cut.h"
 #include "cpu/fast/isa.h"
 #include "cpu/fast/kernel.h"
 #include "cpu/fast/thread_pool.h"
@@ -135,21 +136,7 @@ Status make_schedule(const SparseDecodeProblem& p, const Layout& lay, int num_th
   double begin = 0.0;
   std::vector<std::pair<int, int64_t>> cuts;  // (thread, first token) of each piece
   for (const Unit& u : units) {
-    const double end = begin + u.cost;
-    int thread = std::min(num_threads - 1, static_cast<int>(begin / segment));
-    cuts.assign(1, {thread, 0});
-    while (thread + 1 < num_threads && (thread + 1) * segment < end) {
-      ++thread;
-      const double frac = ((thread * segment) - begin) / u.cost;
-      const int64_t key = std::min<int64_t>(
-          u.len, static_cast<int64_t>(std::llround(frac * u.len / kGather)) * kGather);
-      if (key > cuts.back().second) {
-        cuts.push_back({thread, key});
-      } else {
-        cuts.back().first = thread;  // empty piece: the later thread takes the range
-      }
-    }
-    if (cuts.size() > 1 && cuts.back().second >= u.len) cuts.pop_back();
+    fast::cut_unit(begin, u.cost, u.len, segment, num_threads, kGather, &cuts);
     const int64_t count = static_cast<int64_t>(cuts.size());
     if (count > 1) {
       if (next_partial + count > lay.num_partials) {
@@ -164,7 +151,7 @@ Status make_schedule(const SparseDecodeProblem& p, const Layout& lay, int num_th
       out->pieces[cuts[i].first].push_back({u.b, u.s, u.h0, u.nh, cuts[i].second, k1, dest});
     }
     if (count > 1) next_partial += count;
-    begin = end;
+    begin += u.cost;
   }
   return Status();
 }
