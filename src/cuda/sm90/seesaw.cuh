@@ -566,8 +566,9 @@ struct SeesawCta {
     wgmma::fence_operands(o);
     if (release_b) release_tile(1);
 
-    // ---- epilogue: row sums of both warpgroups; each stores its 256 columns. A bad page seen by
-    // either warpgroup travels as a NaN row sum (a NaN sum from NaN inputs gives NaN rows anyway).
+      // ---- epilogue: row sums of both warpgroups; each stores its 256 columns. A bad page seen by
+      // either warpgroup travels as a NaN row sum (a NaN sum from NaN inputs gives NaN rows
+      // anyway).
 #pragma unroll
     for (int i = 0; i < 2; ++i) {
       const float sum = softmax::quad_sum(l[i]);
