@@ -93,28 +93,11 @@ __device__ __forceinline__ void tma_load_3d(uint32_t dst, const CUtensorMap* map
       : "memory");
 }
 
-// Named barriers: `count` threads (a multiple of 32) take part; ids 1..15 (0 is __syncthreads).
-// bar.sync waits; bar.arrive signals without waiting (a producer of data another warpgroup
-// syncs on).
+// Named barrier: `count` threads (a multiple of 32) wait for each other; ids 1..15 (0 is
+// __syncthreads).
 // https://docs.nvidia.com/cuda/parallel-thread-execution/#parallel-synchronization-and-communication-instructions-bar
 __device__ __forceinline__ void named_sync(uint32_t id, uint32_t count) {
   asm volatile("bar.sync %0, %1;\n" ::"r"(id), "r"(count) : "memory");
-}
-
-__device__ __forceinline__ void named_arrive(uint32_t id, uint32_t count) {
-  asm volatile("bar.arrive %0, %1;\n" ::"r"(id), "r"(count) : "memory");
-}
-
-// bar.sync that also returns whether `pred` held in any of the `count` threads.
-__device__ __forceinline__ bool named_sync_or(uint32_t id, uint32_t count, bool pred) {
-  uint32_t any;
-  asm volatile(
-      "{\n.reg .pred p, q;\nsetp.ne.u32 p, %1, 0;\nbar.red.or.pred q, %2, %3, p;\n"
-      "selp.u32 %0, 1, 0, q;\n}\n"
-      : "=r"(any)
-      : "r"(static_cast<uint32_t>(pred)), "r"(id), "r"(count)
-      : "memory");
-  return any != 0;
 }
 
 }  // namespace mla::cuda::async_copy

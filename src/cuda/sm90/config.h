@@ -61,10 +61,12 @@ struct SeesawConfig {
   static constexpr int kRopeSteps = kHeadDimRope / 16;  // 4 k-steps of S from registers
   static constexpr int kSlabs = kHeadDimQK / 64;        // 9 slabs of a KV token row
   static constexpr int kConsumerThreads = 256;
-  // + a producer warpgroup, of which one warp works: register reallocation (setmaxnreg) moves
-  // registers between whole warpgroups. Consumers need about 220 (O alone is 128).
+  // + a producer warpgroup (register reallocation, setmaxnreg, moves registers between whole
+  // warpgroups). Consumers need about 220 registers (O alone is 128). With TMA one thread of it
+  // issues the loads; with cp.async its four warps each copy 16 tokens of a tile.
   static constexpr int kThreads = kConsumerThreads + 128;
   static constexpr int kProducerWarp = kConsumerThreads / 32;
+  static constexpr int kCopyWarps = 4;
   static constexpr int kProducerRegs = 40, kConsumerRegs = 232;
   static_assert(kProducerRegs * 128 + kConsumerRegs * kConsumerThreads <= 65536, "register file");
   static constexpr int kOCols = kHeadDimV / 2;  // output columns per warpgroup
@@ -73,10 +75,10 @@ struct SeesawConfig {
   static_assert(kRows == kBlockN, "Q and KV slabs share one descriptor stride");
   static_assert(kHeadDimRope % 16 == 0 && kHeadDimV % 128 == 0, "widths in whole k-steps");
 
-  // Named barriers (0 is __syncthreads): all 256 consumers, the P_A / P_B hand-overs, and one
-  // per warpgroup for zeroing dead V rows.
-  static constexpr uint32_t kBarConsumers = 1, kBarPaReady = 2, kBarPbReady = 3, kBarPaFree = 4,
-                            kBarWarpGroup0 = 5;
+  // Named barriers (0 is __syncthreads): all 256 consumers, and one per warpgroup for zeroing
+  // dead V rows. The hand-overs between the warpgroups are mbarriers (Smem), so that one side
+  // signals without waiting.
+  static constexpr uint32_t kBarConsumers = 1, kBarWarpGroup0 = 2;
 
   struct Smem {
     alignas(1024) uint8_t q[kLatentSlabs][kSlabBytes];  // Q latent columns, swizzled
@@ -87,7 +89,11 @@ struct SeesawConfig {
     float row_sum[2][kRows];                  // each warpgroup's row sums, for the epilogue
     uint64_t full[kSlots];
     uint64_t empty[kSlots];
-    int32_t slot_bad[kSlots];  // the tile in the slot touched a page id outside the cache
+    uint64_t pa_ready;  // WG0 published P_A, m_A, a_A (128 arrivals)
+    uint64_t pb_ready;  // WG1 published P_B, m_B, a_B
+    uint64_t pa_free;   // WG1 has read P_A, m_A and a_A
+    // A copy warp's tokens of the tile in the slot touched a page id outside the cache.
+    int32_t slot_bad[kSlots][kCopyWarps];
   };
   // + 1024: the dynamic shared memory base is aligned up to the swizzle atom at run time.
   static constexpr size_t kSmemBytes = sizeof(Smem) + 1024;

@@ -1,33 +1,34 @@
-// The second-generation Hopper decode kernel (sm_90a): a producer warp streams KV tiles into a
-// two-slot shared-memory ring that completes on mbarriers, and two consumer warpgroups work on
+// The second-generation Hopper decode kernel (sm_90a): a producer warpgroup streams KV tiles into
+// a two-slot shared-memory ring that completes on mbarriers, and two consumer warpgroups work on
 // the tiles in a seesaw, so that one warpgroup's softmax overlaps the other's tensor-core work.
 // No CTA-wide barrier sits in the loop.
 //
 // One CTA: 64 packed query rows (row = s * h_q + h) of every request of its partition, 384
-// threads: warpgroups 0 and 1 consume, warp 8 (of warpgroup 2) produces.
+// threads: warpgroups 0 and 1 consume, warpgroup 2 produces.
 //
-// Producer (warp 8). Tile i of a work item (tokens tok_begin + 64 i ...) goes to slot i % 2.
+// Producer (warpgroup 2). Tile i of a work item (tokens tok_begin + 64 i ...) goes to slot i % 2.
 //   page_size >= 64 and a tensor map: one thread issues nine TMA boxes of 64 columns x 64
 //   tokens (one per 128-byte-swizzled slab) on the slot's "full" mbarrier;
-//   smaller pages: the warp's 32 lanes cp.async the 64 tokens (dead tokens and bad pages
-//   zero-filled, never read), then arrive on "full" once the next tile is issued (two tiles in
-//   flight), or before the producer would block on a slot the consumers have not freed.
+//   smaller pages: each of the four warps cp.asyncs 16 of the 64 tokens (dead tokens and bad
+//   pages zero-filled, never read), then arrives on "full" once it has issued its next tile (two
+//   tiles in flight), or before it would block on a slot the consumers have not freed.
 //   A slot is refilled after both warpgroups arrived on its "empty" mbarrier.
 //
 // Consumers: tiles A = 2j (slot 0) and B = 2j + 1 (slot 1) form pair j. Running max m and each
 // warpgroup's share of the row sum are in the log2 domain. Warpgroup 0 owns output columns
 // 0..255, warpgroup 1 columns 256..511 (64 x 256 fp32 each, 128 registers a thread).
 //   WG0: S_A = Q K_A^T; m_A = max(m, rowmax S_A), a_A = 2^(m - m_A), P_A = 2^(S_A - m_A);
-//        publish m_A, a_A and P_A (shared) [barrier P_A ready];
+//        publish m_A, a_A and P_A (shared) [mbarrier P_A ready];
 //        O_L = O_L a_A + P_A V_A[:, 0:256] (P_A from registers);
 //        [wait P_B ready] O_L = O_L a_B + P_B V_B[:, 0:256] (P_B from shared).
 //   WG1: S_B = Q K_B^T (alongside S_A); [wait P_A ready] m_B = max(m_A, rowmax S_B),
-//        a_B = 2^(m_A - m_B), P_B = 2^(S_B - m_B); publish [barrier P_B ready];
+//        a_B = 2^(m_A - m_B), P_B = 2^(S_B - m_B); publish [mbarrier P_B ready];
 //        O_R = O_R a_A + P_A V_A[:, 256:512] (P_A from shared) [P_A buffer free];
 //        O_R = O_R a_B + P_B V_B[:, 256:512] (P_B from registers).
-// WG0 writes the next P_A only after WG1 has read this one (barrier P_A free). Slot 0 is released
-// after both P V_A, slot 1 after both P V_B, so the producer loads the next pair's A while B is
-// still being multiplied.
+// WG0 writes the next P_A only after WG1 has read this one (mbarrier P_A free). The hand-overs
+// are mbarriers (arrive and go on; the waiter acquires), each completing once per pair. Slot 0 is
+// released after both P V_A, slot 1 after both P V_B, so the producer loads the next pair's A while
+// B is still being multiplied.
 //
 // Q: its 512 latent columns in shared memory (cp.async by the consumers, once per item), its 64
 // RoPE columns in registers (the A operand of the last four S k-steps): Q (64 KB), the ring
@@ -98,7 +99,9 @@ struct SeesawCta {
   // Bit i: phase parity of slot i's "full" barrier (consumers) or "empty" barrier (producer); a
   // bit mask rather than an array, which a run-time slot index would put in local memory.
   uint32_t phases = 0;
-  int pairs_done = 0;  // WG0: pairs whose P_A buffer WG1 will free
+  // Pairs this CTA has processed, and those with a tile B: the phases of the hand-over
+  // mbarriers (each completes once per pair, or once per pair with a B).
+  uint32_t pairs = 0, pairs_b = 0;
 
   template <typename T>
   __device__ uint32_t addr(const T& member) const {
@@ -110,8 +113,9 @@ struct SeesawCta {
   // Producer
   // ------------------------------------------------------------------------------------------
 
-  // Loads every tile of item (b, tokens [tok_begin, tok_end)) into the ring.
-  __device__ void produce_item(int32_t b, int64_t tok_begin, int64_t tok_end, int lane,
+  // Loads every tile of item (b, tokens [tok_begin, tok_end)) into the ring. With TMA, copy warp
+  // 0 alone; with cp.async, copy warp `cw` (0..3) copies tile tokens cw, cw + 4, ...
+  __device__ void produce_item(int32_t b, int64_t tok_begin, int64_t tok_end, int cw, int lane,
                                int& pending_slot) {
     const int num_tiles = static_cast<int>((tok_end - tok_begin + Cfg::kBlockN - 1) / Cfg::kBlockN);
     const int32_t* pages = p.block_table + b * p.block_table_stride;
@@ -128,7 +132,7 @@ struct SeesawCta {
         phases ^= 1u << slot;
         if (lane == 0) {
           const bool bad = page < 0 || page >= p.num_pages;
-          sm.slot_bad[slot] = bad;
+          sm.slot_bad[slot][0] = bad;
           if (bad) {
             atomicMin(&s.header->error_key,
                       error_key(b, DataError::kBadPage, static_cast<int32_t>(tok >> p.page_shift)));
@@ -145,13 +149,10 @@ struct SeesawCta {
         }
         __syncwarp();
       } else {
-        // Lane l loads the page ids of tile tokens l and l + 32; dead tokens read entry 0.
-        int32_t page_id[2];
-#pragma unroll
-        for (int h = 0; h < 2; ++h) {
-          const int64_t j = tok + lane + 32 * h;
-          page_id[h] = __ldg(pages + (j < tok_end ? (j >> p.page_shift) : 0));
-        }
+        // Lane l < 16 loads the page id of this warp's l-th token; dead tokens read entry 0.
+        constexpr int kTokens = Cfg::kBlockN / Cfg::kCopyWarps;
+        const int64_t jl = tok + cw + Cfg::kCopyWarps * (lane % kTokens);
+        const int32_t page_id = __ldg(pages + (jl < tok_end ? (jl >> p.page_shift) : 0));
         // The consumers may need the pending tile before they free this slot: publish it before
         // blocking, else two tiles stay in flight.
         const uint32_t parity = ((phases >> slot) & 1) ^ 1;
@@ -164,8 +165,9 @@ struct SeesawCta {
         bool bad = false;
         const uint32_t tile = addr(sm.kv[slot][0][0]);
 #pragma unroll 4
-        for (int r = 0; r < Cfg::kBlockN; ++r) {
-          const int32_t page = __shfl_sync(0xffffffffu, page_id[r / 32], r % 32);
+        for (int i = 0; i < kTokens; ++i) {
+          const int r = cw + Cfg::kCopyWarps * i;
+          const int32_t page = __shfl_sync(0xffffffffu, page_id, i);
           const int64_t j = tok + r;
           const bool live = j < tok_end;
           const bool in_cache = page >= 0 && page < p.num_pages;
@@ -183,11 +185,11 @@ struct SeesawCta {
         }
         ptx::cp_async_commit();
         if (lane == 0) {
-          sm.slot_bad[slot] = bad;
+          sm.slot_bad[slot][cw] = bad;
           if (bad) {
-            // The lowest bad block-table position of this tile.
-            for (int r = 0; r < Cfg::kBlockN; ++r) {
-              const int64_t j = tok + r;
+            // The lowest bad block-table position of this warp's tokens.
+            for (int i = 0; i < kTokens; ++i) {
+              const int64_t j = tok + cw + Cfg::kCopyWarps * i;
               const int32_t page = __ldg(pages + (j < tok_end ? (j >> p.page_shift) : 0));
               if (j < tok_end && (page < 0 || page >= p.num_pages)) {
                 atomicMin(&s.header->error_key, error_key(b, DataError::kBadPage,
@@ -281,7 +283,9 @@ struct SeesawCta {
   __device__ bool acquire_tile(int slot, int64_t tile_tok, int32_t len, int wg_thread, int wg) {
     async_copy::mbarrier_wait(addr(sm.full[slot]), (phases >> slot) & 1);
     phases ^= 1u << slot;
-    const bool bad = sm.slot_bad[slot] != 0;
+    bool bad = false;
+#pragma unroll
+    for (int w = 0; w < Cfg::kCopyWarps; ++w) bad |= sm.slot_bad[slot][w] != 0;
     if (src.use_tma && tile_tok + Cfg::kBlockN > len) {
       zero_dead_rows(slot, static_cast<int>(len - tile_tok), wg_thread, wg);
     }
@@ -459,7 +463,7 @@ struct SeesawCta {
           l[i] *= alpha[i];
         }
         // WG1 has finished reading the previous P_A, m_A and a_A.
-        if (pairs_done > 0) async_copy::named_sync(Cfg::kBarPaFree, Cfg::kConsumerThreads);
+        if (pairs > 0) async_copy::mbarrier_wait(addr(sm.pa_free), (pairs - 1) & 1);
         exp_pack(sc, base_, l, pa, 0, band, g, c);
         if (c == 0) {
 #pragma unroll
@@ -469,12 +473,11 @@ struct SeesawCta {
           }
         }
         wgmma::fence_proxy_async();
-        async_copy::named_arrive(Cfg::kBarPaReady, Cfg::kConsumerThreads);
-        ++pairs_done;
+        async_copy::mbarrier_arrive(addr(sm.pa_ready));
         rescale(o, alpha);
         issue_pv_rs(o, 0, 0, pa);
         if (has_b) {
-          async_copy::named_sync(Cfg::kBarPbReady, Cfg::kConsumerThreads);
+          async_copy::mbarrier_wait(addr(sm.pb_ready), pairs_b & 1);
           float alpha_b[2];
 #pragma unroll
           for (int i = 0; i < 2; ++i) {
@@ -496,7 +499,7 @@ struct SeesawCta {
         }
       } else {
         // ---- WG1: S_B alongside S_A; softmax after m_A is known ----
-        async_copy::named_sync(Cfg::kBarPaReady, Cfg::kConsumerThreads);
+        async_copy::mbarrier_wait(addr(sm.pa_ready), pairs & 1);
         float alpha_a[2], m_a[2];
 #pragma unroll
         for (int i = 0; i < 2; ++i) {
@@ -531,7 +534,7 @@ struct SeesawCta {
             }
           }
           wgmma::fence_proxy_async();
-          async_copy::named_arrive(Cfg::kBarPbReady, Cfg::kConsumerThreads);
+          async_copy::mbarrier_arrive(addr(sm.pb_ready));
 #pragma unroll
           for (int i = 0; i < 2; ++i) l[i] = l[i] * alpha_a[i] * alpha_b[i] + l_b[i];
         } else {
@@ -546,7 +549,7 @@ struct SeesawCta {
         wgmma::wait_group<0>();
         wgmma::fence_operands(o);
         release_tile(0);
-        async_copy::named_arrive(Cfg::kBarPaFree, Cfg::kConsumerThreads);
+        async_copy::mbarrier_arrive(addr(sm.pa_free));
         if (has_b) {
           rescale(o, alpha_b);
           issue_pv_rs(o, 1, 1, pa);
@@ -555,30 +558,37 @@ struct SeesawCta {
           release_b = false;
         }
       }
+      // The hand-over mbarriers complete once per pair (P_B ready once per pair with a B).
+      ++pairs;
+      if (has_b) ++pairs_b;
     }
     wgmma::wait_group<0>();
     wgmma::fence_operands(o);
     if (release_b) release_tile(1);
 
-      // ---- epilogue: row sums of both warpgroups; each stores its 256 columns ----
+      // ---- epilogue: row sums of both warpgroups; each stores its 256 columns. A bad page seen by
+      // either warpgroup travels as a NaN row sum (a NaN sum from NaN inputs gives NaN rows
+      // anyway).
 #pragma unroll
     for (int i = 0; i < 2; ++i) {
       const float sum = softmax::quad_sum(l[i]);
-      if (c == 0) sm.row_sum[wg][band + g + 8 * i] = sum;
+      if (c == 0) sm.row_sum[wg][band + g + 8 * i] = bad ? CUDART_NAN_F : sum;
     }
-    bad = async_copy::named_sync_or(Cfg::kBarConsumers, Cfg::kConsumerThreads, bad);
+    async_copy::named_sync(Cfg::kBarConsumers, Cfg::kConsumerThreads);
 #pragma unroll
     for (int i = 0; i < 2; ++i) {
       const int rr = band + g + 8 * i;
       const float sum = sm.row_sum[0][rr] + sm.row_sum[1][rr];
+      const bool bad_row = isnan(sum);
       const float inv = sum > 0.0f ? 1.0f / sum : 0.0f;
       const int r = row0 + rr;
       if (r >= rows) continue;
       decode_io::store_row<Cfg::kOCols / 8, Traits>(
-          p, s, sink, r, wg * Cfg::kOCols + 2 * c, bad, inv,
+          p, s, sink, r, wg * Cfg::kOCols + 2 * c, bad_row, inv,
           [&](int nt, int j) { return o[4 * nt + 2 * i + j]; });
       if (wg == 0 && c == 0) {
-        decode_io::store_lse(p, s, sink, r, bad ? CUDART_NAN_F : softmax::natural_lse(m[i], sum));
+        decode_io::store_lse(p, s, sink, r,
+                             bad_row ? CUDART_NAN_F : softmax::natural_lse(m[i], sum));
       }
     }
     // The next item's Q load ends with a consumer barrier before anything rewrites Q or the row
@@ -601,9 +611,14 @@ __global__ void __launch_bounds__(SeesawConfig::kThreads, 1)
   if (threadIdx.x == 0) {
 #pragma unroll
     for (int i = 0; i < Cfg::kSlots; ++i) {
-      async_copy::mbarrier_init(cta.addr(sm.full[i]), 1);
+      async_copy::mbarrier_init(cta.addr(sm.full[i]), src.use_tma ? 1 : Cfg::kCopyWarps);
       async_copy::mbarrier_init(cta.addr(sm.empty[i]), Cfg::kConsumerThreads);
+#pragma unroll
+      for (int w = 0; w < Cfg::kCopyWarps; ++w) sm.slot_bad[i][w] = 0;
     }
+    async_copy::mbarrier_init(cta.addr(sm.pa_ready), 128);
+    async_copy::mbarrier_init(cta.addr(sm.pb_ready), 128);
+    async_copy::mbarrier_init(cta.addr(sm.pa_free), 128);
     async_copy::mbarrier_init_fence();
   }
   if (warp == Cfg::kProducerWarp && src.use_tma && lane == 0) {
@@ -627,12 +642,13 @@ __global__ void __launch_bounds__(SeesawConfig::kThreads, 1)
 
   if (warp >= Cfg::kProducerWarp) {
     setmaxnreg_dec<Cfg::kProducerRegs>();
-    if (warp != Cfg::kProducerWarp) return;
+    const int cw = warp - Cfg::kProducerWarp;  // copy warp
+    if (src.use_tma && cw != 0) return;
     int pending_slot = -1;
     decode_io::for_each_item(
         p, s, blockIdx.x, [](int32_t, bool) {},
         [&](int32_t b, int32_t, int64_t tok_begin, int64_t tok_end, const decode_io::RowSink&) {
-          cta.produce_item(b, tok_begin, tok_end, lane, pending_slot);
+          cta.produce_item(b, tok_begin, tok_end, cw, lane, pending_slot);
         });
     if (pending_slot >= 0) cta.template publish_cp_async<0>(pending_slot, lane);
     return;
@@ -645,10 +661,6 @@ __global__ void __launch_bounds__(SeesawConfig::kThreads, 1)
       },
       [&](int32_t b, int32_t len, int64_t tok_begin, int64_t tok_end,
           const decode_io::RowSink& sink) { cta.consume_item(b, len, tok_begin, tok_end, sink); });
-  // Balances WG1's last "P_A free" arrival.
-  if (threadIdx.x < 128 && cta.pairs_done > 0) {
-    async_copy::named_sync(Cfg::kBarPaFree, Cfg::kConsumerThreads);
-  }
 #endif
 }
 
