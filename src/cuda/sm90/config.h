@@ -60,14 +60,17 @@ struct SeesawConfig {
   static constexpr int kLatentSlabs = kHeadDimV / 64;   // 8 slabs of 64 columns
   static constexpr int kRopeSteps = kHeadDimRope / 16;  // 4 k-steps of S from registers
   static constexpr int kSlabs = kHeadDimQK / 64;        // 9 slabs of a KV token row
+  // Boxes 0..3 (V columns 0..255) are read last by warpgroup 0, boxes 4..8 by warpgroup 1.
+  static constexpr int kLoBoxes = kLatentSlabs / 2;
   static constexpr int kConsumerThreads = 256;
   // + a producer warpgroup (register reallocation, setmaxnreg, moves registers between whole
-  // warpgroups). Consumers need about 220 registers (O alone is 128). With TMA one thread of it
-  // issues the loads; with cp.async its four warps each copy 16 tokens of a tile.
+  // warpgroups). Consumers need about 220 registers (O alone is 128). With TMA one lane of warp 0
+  // issues the lo boxes and one of warp 1 the hi boxes; with cp.async its four warps each copy 16
+  // tokens of a tile.
   static constexpr int kThreads = kConsumerThreads + 128;
   static constexpr int kProducerWarp = kConsumerThreads / 32;
   static constexpr int kCopyWarps = 4;
-  static constexpr int kProducerRegs = 40, kConsumerRegs = 232;
+  static constexpr int kProducerRegs = 24, kConsumerRegs = 240;
   static_assert(kProducerRegs * 128 + kConsumerRegs * kConsumerThreads <= 65536, "register file");
   static constexpr int kOCols = kHeadDimV / 2;  // output columns per warpgroup
   static constexpr uint32_t kSlabBytes = kBlockN * 128;
@@ -87,16 +90,18 @@ struct SeesawConfig {
     float row_max[2][kRows];                  // m_A, m_B
     float row_scale[2][kRows];                // a_A, a_B
     float row_sum[2][kRows];                  // each warpgroup's row sums, for the epilogue
-    uint64_t full[kSlots];
-    uint64_t empty[kSlots];
-    uint64_t pa_ready;  // WG0 published P_A, m_A, a_A (128 arrivals)
-    uint64_t pb_ready;  // WG1 published P_B, m_B, a_B
-    uint64_t pa_free;   // WG1 has read P_A, m_A and a_A
+    uint64_t full[kSlots][kSlabs];            // one per 64-column box of a slot
+    uint64_t empty[kSlots][2];  // [slot][half]: half h freed by warpgroup h (128 arrivals)
+    uint64_t sa_ready;          // WG0 published m_A, a_A
+    uint64_t sb_ready;          // WG1 published m_B, a_B
+    uint64_t pa_ready;          // WG0 stored P_A (at the scale of m_B)
+    uint64_t pb_ready;          // WG1 stored P_B
     // A copy warp's tokens of the tile in the slot touched a page id outside the cache.
     int32_t slot_bad[kSlots][kCopyWarps];
   };
   // + 1024: the dynamic shared memory base is aligned up to the swizzle atom at run time.
   static constexpr size_t kSmemBytes = sizeof(Smem) + 1024;
+  static_assert(kSmemBytes <= 227 * 1024, "the 227 KB of shared memory a block may use");
 };
 
 }  // namespace mla::cuda::sm90

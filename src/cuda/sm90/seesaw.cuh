@@ -1,42 +1,52 @@
 // The second-generation Hopper decode kernel (sm_90a): a producer warpgroup streams KV tiles into
-// a two-slot shared-memory ring that completes on mbarriers, and two consumer warpgroups work on
-// the tiles in a seesaw, so that one warpgroup's softmax overlaps the other's tensor-core work.
+// a two-slot shared-memory ring that completes on mbarriers, one per 64-column box, and two
+// consumer warpgroups work on the tiles in a seesaw, so that one warpgroup's softmax overlaps the
+// other's tensor-core work and each half of a slot is refilled as soon as its last reader is done.
 // No CTA-wide barrier sits in the loop.
 //
 // One CTA: 64 packed query rows (row = s * h_q + h) of every request of its partition, 384
 // threads: warpgroups 0 and 1 consume, warpgroup 2 produces.
 //
+// A tile is 64 tokens x 576 columns in nine boxes of 64 columns (one 128-byte-swizzled slab
+// each). Its boxes fall in two halves by their last reader: "lo" (boxes 0..3, V columns 0..255,
+// read last by warpgroup 0) and "hi" (boxes 4..8, V columns 256..511 and RoPE, read last by
+// warpgroup 1). Half h of a slot is freed by warpgroup h alone, on the slot's empty[h] mbarrier.
+//
 // Producer (warpgroup 2). Tile i of a work item (tokens tok_begin + 64 i ...) goes to slot i % 2.
-//   page_size >= 64 and a tensor map: one thread issues nine TMA boxes of 64 columns x 64
-//   tokens (one per 128-byte-swizzled slab) on the slot's "full" mbarrier;
-//   smaller pages: each of the four warps cp.asyncs 16 of the 64 tokens (dead tokens and bad
-//   pages zero-filled, never read), then arrives on "full" once it has issued its next tile (two
-//   tiles in flight), or before it would block on a slot the consumers have not freed.
-//   A slot is refilled after both warpgroups arrived on its "empty" mbarrier.
+//   page_size >= 64 and a tensor map: warp 0 issues the lo boxes of every tile, warp 1 the hi
+//   boxes (of each pair's B before its A: warpgroup 1 frees them in that order), each box a TMA
+//   on its own "full" mbarrier;
+//   smaller pages: each of the four warps cp.asyncs 16 of the 64 tokens once both halves are free
+//   (dead tokens and bad pages zero-filled, never read), then arrives on all nine "full"
+//   barriers once it has issued its next tile (two tiles in flight), or before it would block on
+//   a slot the consumers have not freed.
 //
 // Consumers: tiles A = 2j (slot 0) and B = 2j + 1 (slot 1) form pair j. Running max m and each
 // warpgroup's share of the row sum are in the log2 domain. Warpgroup 0 owns output columns
-// 0..255, warpgroup 1 columns 256..511 (64 x 256 fp32 each, 128 registers a thread).
-//   WG0: S_A = Q K_A^T; m_A = max(m, rowmax S_A), a_A = 2^(m - m_A), P_A = 2^(S_A - m_A);
-//        publish m_A, a_A and P_A (shared) [mbarrier P_A ready];
-//        O_L = O_L a_A + P_A V_A[:, 0:256] (P_A from registers);
-//        [wait P_B ready] O_L = O_L a_B + P_B V_B[:, 0:256] (P_B from shared).
-//   WG1: S_B = Q K_B^T (alongside S_A); [wait P_A ready] m_B = max(m_A, rowmax S_B),
-//        a_B = 2^(m_A - m_B), P_B = 2^(S_B - m_B); publish [mbarrier P_B ready];
-//        O_R = O_R a_A + P_A V_A[:, 256:512] (P_A from shared) [P_A buffer free];
-//        O_R = O_R a_B + P_B V_B[:, 256:512] (P_B from registers).
-// WG0 writes the next P_A only after WG1 has read this one (mbarrier P_A free). The hand-overs
-// are mbarriers (arrive and go on; the waiter acquires), each completing once per pair. Slot 0 is
-// released after both P V_A, slot 1 after both P V_B, so the producer loads the next pair's A while
-// B is still being multiplied.
+// 0..255 (O_L), warpgroup 1 columns 256..511 (O_R), 64 x 256 fp32 each (128 registers a thread).
+//   WG0: S_A = Q K_A^T box by box as the boxes land (lo first; the last pair's P V_B_L finishes
+//        meanwhile, then slot 1's lo half is freed); m_A = max(m, rowmax S_A), a_A = 2^(m - m_A),
+//        P_A = 2^(S_A - m_A); publish m_A, a_A [sa_ready];
+//        O_L = O_L a_A + P_A V_A[:, 0:256] (P_A from registers) [slot 0 lo free];
+//        [wait sb_ready] P_A a_B to shared [pa_ready]; O_L = O_L a_B + P_B V_B[:, 0:256] (P_B
+//        from shared) [slot 1 lo free, at the next pair].
+//   WG1: S_B = Q K_B^T box by box (hi first) alongside S_A; [wait sa_ready] m_B = max(m_A,
+//        rowmax S_B), a_B = 2^(m_A - m_B), P_B = 2^(S_B - m_B); publish m_B, a_B [sb_ready];
+//        P_B to shared [pb_ready]; O_R = O_R a_A a_B + P_B V_B[:, 256:512] (P_B from registers);
+//        [wait pa_ready] O_R += (P_A a_B) V_A[:, 256:512] [slot 1 hi free, slot 0 hi free].
+//   Without a B (an odd last tile) WG1 publishes a_B = 1 and m_B = m_A.
+// Each hand-over mbarrier completes once per pair (pb_ready once per pair with a B); every
+// shared buffer behind one is rewritten only after a later hand-over that its reader arrives on
+// after the read (P_A after sb_ready of the next pair, P_B and m_A after sa_ready, m_B after
+// sb_ready), so no "free" barriers are needed.
 //
 // Q: its 512 latent columns in shared memory (cp.async by the consumers, once per item), its 64
-// RoPE columns in registers (the A operand of the last four S k-steps): Q (64 KB), the ring
+// RoPE columns in registers (the A operand of the S k-steps of box 8): Q (64 KB), the ring
 // (144 KB) and the two P tiles (16 KB) fill the 227 KB a block may use.
 //
 // Masking: logits of tokens past a row's visible range are -inf; TMA tiles past seq_len (the
-// tail of the last page, which may hold NaN) have their V rows zeroed before use, because
-// 0 * NaN = NaN in P V.
+// tail of the last page, which may hold NaN) have their V rows zeroed, after S and before P V,
+// by the warpgroup that computed the tile's S, because 0 * NaN = NaN in P V.
 #pragma once
 
 #include <cuda.h>
@@ -96,8 +106,9 @@ struct SeesawCta {
   Smem& sm;
   uint32_t base;  // shared address of sm
   int row0;
-  // Bit i: phase parity of slot i's "full" barrier (consumers) or "empty" barrier (producer); a
-  // bit mask rather than an array, which a run-time slot index would put in local memory.
+  // Phase parities, a bit mask rather than an array, which a run-time index would put in local
+  // memory: bit i of slot i's "full" barriers (consumers), bit empty_bit(slot, half) of its
+  // "empty" barriers (producer).
   uint32_t phases = 0;
   // Pairs this CTA has processed, and those with a tile B: the phases of the hand-over
   // mbarriers (each completes once per pair, or once per pair with a B).
@@ -113,131 +124,177 @@ struct SeesawCta {
   // Producer
   // ------------------------------------------------------------------------------------------
 
-  // Loads every tile of item (b, tokens [tok_begin, tok_end)) into the ring. With TMA, copy warp
-  // 0 alone; with cp.async, copy warp `cw` (0..3) copies tile tokens cw, cw + 4, ...
-  __device__ void produce_item(int32_t b, int64_t tok_begin, int64_t tok_end, int cw, int lane,
-                               int& pending_slot) {
+  // Bit of `phases` that tracks slot `slot`'s empty[half] barrier (producer side).
+  __device__ static constexpr int empty_bit(int slot, int half) { return 2 + 2 * slot + half; }
+
+  // Waits until half `half` of `slot` is free (both halves with half < 0).
+  __device__ void wait_free(int slot, int half) {
+    for (int h = half < 0 ? 0 : half; h <= (half < 0 ? 1 : half); ++h) {
+      const int bit = empty_bit(slot, h);
+      async_copy::mbarrier_wait(addr(sm.empty[slot][h]), ((phases >> bit) & 1) ^ 1);
+      phases ^= 1u << bit;
+    }
+  }
+
+  __device__ bool is_free(int slot) const {
+    return async_copy::mbarrier_test(addr(sm.empty[slot][0]),
+                                     ((phases >> empty_bit(slot, 0)) & 1) ^ 1) &&
+           async_copy::mbarrier_test(addr(sm.empty[slot][1]),
+                                     ((phases >> empty_bit(slot, 1)) & 1) ^ 1);
+  }
+
+  // TMA: loads half `half` (0: boxes 0..3, 1: boxes 4..8) of every tile of item (b, tokens
+  // [tok_begin, tok_end)), one lane of copy warp `half`. Warp 0 also records a bad page.
+  __device__ void produce_item_tma(int32_t b, int64_t tok_begin, int64_t tok_end, int half,
+                                   int lane) {
     const int num_tiles = static_cast<int>((tok_end - tok_begin + Cfg::kBlockN - 1) / Cfg::kBlockN);
     const int32_t* pages = p.block_table + b * p.block_table_stride;
-    const Elem* kv = static_cast<const Elem*>(p.kv);
     const uint64_t policy =
         src.evict_first ? async_copy::policy_evict_first() : async_copy::policy_evict_normal();
-    for (int t = 0; t < num_tiles; ++t) {
+    const int first_box = half == 0 ? 0 : Cfg::kLoBoxes;
+    const int last_box = half == 0 ? Cfg::kLoBoxes : Cfg::kSlabs;
+    for (int i = 0; i < num_tiles; ++i) {
+      // Warpgroup 1 frees slot 1's hi half (its P V_B) before slot 0's (its P V_A).
+      int t = i;
+      if (half == 1) t = (i & 1) ? i - 1 : (i + 1 < num_tiles ? i + 1 : i);
       const int slot = t & 1;
       const int64_t tok = tok_begin + static_cast<int64_t>(t) * Cfg::kBlockN;
-      if (src.use_tma) {
-        // One page holds the whole tile (page_size >= 64, tiles 64-aligned).
-        const int32_t page = __ldg(pages + (tok >> p.page_shift));
-        async_copy::mbarrier_wait(addr(sm.empty[slot]), ((phases >> slot) & 1) ^ 1);
-        phases ^= 1u << slot;
-        if (lane == 0) {
-          const bool bad = page < 0 || page >= p.num_pages;
+      // One page holds the whole tile (page_size >= 64, tiles 64-aligned).
+      const int32_t page = __ldg(pages + (tok >> p.page_shift));
+      wait_free(slot, half);
+      if (lane == 0) {
+        const bool bad = page < 0 || page >= p.num_pages;
+        if (half == 0) {
           sm.slot_bad[slot][0] = bad;
           if (bad) {
             atomicMin(&s.header->error_key,
                       error_key(b, DataError::kBadPage, static_cast<int32_t>(tok >> p.page_shift)));
-            async_copy::mbarrier_arrive(addr(sm.full[slot]));
-          } else {
-            async_copy::mbarrier_arrive_expect_tx(addr(sm.full[slot]), Cfg::kTileBytes);
-            const int32_t row_in_page = static_cast<int32_t>(tok & (p.page_size - 1));
-#pragma unroll
-            for (int slab = 0; slab < Cfg::kSlabs; ++slab) {
-              async_copy::tma_load_3d(addr(sm.kv[slot][slab]), &src.map, slab * 64, row_in_page,
-                                      page, addr(sm.full[slot]), policy);
-            }
           }
         }
-        __syncwarp();
-      } else {
-        // Lane l < 16 loads the page id of this warp's l-th token; dead tokens read entry 0.
-        constexpr int kTokens = Cfg::kBlockN / Cfg::kCopyWarps;
-        const int64_t jl = tok + cw + Cfg::kCopyWarps * (lane % kTokens);
-        const int32_t page_id = __ldg(pages + (jl < tok_end ? (jl >> p.page_shift) : 0));
-        // The consumers may need the pending tile before they free this slot: publish it before
-        // blocking, else two tiles stay in flight.
-        const uint32_t parity = ((phases >> slot) & 1) ^ 1;
-        if (pending_slot >= 0 && !async_copy::mbarrier_test(addr(sm.empty[slot]), parity)) {
-          publish_cp_async<0>(pending_slot, lane);
-          pending_slot = -1;
-        }
-        async_copy::mbarrier_wait(addr(sm.empty[slot]), parity);
-        phases ^= 1u << slot;
-        bool bad = false;
-        const uint32_t tile = addr(sm.kv[slot][0][0]);
-#pragma unroll 4
-        for (int i = 0; i < kTokens; ++i) {
-          const int r = cw + Cfg::kCopyWarps * i;
-          const int32_t page = __shfl_sync(0xffffffffu, page_id, i);
-          const int64_t j = tok + r;
-          const bool live = j < tok_end;
-          const bool in_cache = page >= 0 && page < p.num_pages;
-          bad |= live && !in_cache;
-          const bool valid = live && in_cache;
-          const Elem* row =
-              valid ? kv + page * p.kv_stride_page + (j & (p.page_size - 1)) * p.kv_stride_row : kv;
-          ptx::cp_async_16(swizzled(tile, Cfg::kSlabBytes, r, lane), row + lane * 8, valid);
-          ptx::cp_async_16(swizzled(tile, Cfg::kSlabBytes, r, lane + 32), row + (lane + 32) * 8,
-                           valid);
-          if (lane < 8) {
-            ptx::cp_async_16(swizzled(tile, Cfg::kSlabBytes, r, lane + 64), row + (lane + 64) * 8,
-                             valid);
-          }
-        }
-        ptx::cp_async_commit();
-        if (lane == 0) {
-          sm.slot_bad[slot][cw] = bad;
+        const int32_t row_in_page = static_cast<int32_t>(tok & (p.page_size - 1));
+        for (int box = first_box; box < last_box; ++box) {
+          const uint32_t full = addr(sm.full[slot][box]);
           if (bad) {
-            // The lowest bad block-table position of this warp's tokens.
-            for (int i = 0; i < kTokens; ++i) {
-              const int64_t j = tok + cw + Cfg::kCopyWarps * i;
-              const int32_t page = __ldg(pages + (j < tok_end ? (j >> p.page_shift) : 0));
-              if (j < tok_end && (page < 0 || page >= p.num_pages)) {
-                atomicMin(&s.header->error_key, error_key(b, DataError::kBadPage,
-                                                          static_cast<int32_t>(j >> p.page_shift)));
-                break;
-              }
+            async_copy::mbarrier_arrive(full);
+          } else {
+            async_copy::mbarrier_arrive_expect_tx(full, Cfg::kSlabBytes);
+            async_copy::tma_load_3d(addr(sm.kv[slot][box]), &src.map, box * 64, row_in_page, page,
+                                    full, policy);
+          }
+        }
+      }
+      __syncwarp();
+    }
+  }
+
+  // cp.async: copy warp `cw` (0..3) copies tile tokens cw, cw + 4, ... of every tile of the item.
+  __device__ void produce_item_cp_async(int32_t b, int64_t tok_begin, int64_t tok_end, int cw,
+                                        int lane, int& pending_slot) {
+    const int num_tiles = static_cast<int>((tok_end - tok_begin + Cfg::kBlockN - 1) / Cfg::kBlockN);
+    const int32_t* pages = p.block_table + b * p.block_table_stride;
+    const Elem* kv = static_cast<const Elem*>(p.kv);
+    for (int t = 0; t < num_tiles; ++t) {
+      const int slot = t & 1;
+      const int64_t tok = tok_begin + static_cast<int64_t>(t) * Cfg::kBlockN;
+      // Lane l < 16 loads the page id of this warp's l-th token; dead tokens read entry 0.
+      constexpr int kTokens = Cfg::kBlockN / Cfg::kCopyWarps;
+      const int64_t jl = tok + cw + Cfg::kCopyWarps * (lane % kTokens);
+      const int32_t page_id = __ldg(pages + (jl < tok_end ? (jl >> p.page_shift) : 0));
+      // The consumers may need the pending tile before they free this slot: publish it before
+      // blocking, else two tiles stay in flight.
+      if (pending_slot >= 0 && !is_free(slot)) {
+        publish_cp_async<0>(pending_slot, lane);
+        pending_slot = -1;
+      }
+      wait_free(slot, -1);
+      bool bad = false;
+      const uint32_t tile = addr(sm.kv[slot][0][0]);
+#pragma unroll 4
+      for (int i = 0; i < kTokens; ++i) {
+        const int r = cw + Cfg::kCopyWarps * i;
+        const int32_t page = __shfl_sync(0xffffffffu, page_id, i);
+        const int64_t j = tok + r;
+        const bool live = j < tok_end;
+        const bool in_cache = page >= 0 && page < p.num_pages;
+        bad |= live && !in_cache;
+        const bool valid = live && in_cache;
+        const Elem* row =
+            valid ? kv + page * p.kv_stride_page + (j & (p.page_size - 1)) * p.kv_stride_row : kv;
+        ptx::cp_async_16(swizzled(tile, Cfg::kSlabBytes, r, lane), row + lane * 8, valid);
+        ptx::cp_async_16(swizzled(tile, Cfg::kSlabBytes, r, lane + 32), row + (lane + 32) * 8,
+                         valid);
+        if (lane < 8) {
+          ptx::cp_async_16(swizzled(tile, Cfg::kSlabBytes, r, lane + 64), row + (lane + 64) * 8,
+                           valid);
+        }
+      }
+      ptx::cp_async_commit();
+      if (lane == 0) {
+        sm.slot_bad[slot][cw] = bad;
+        if (bad) {
+          // The lowest bad block-table position of this warp's tokens.
+          for (int i = 0; i < kTokens; ++i) {
+            const int64_t j = tok + cw + Cfg::kCopyWarps * i;
+            const int32_t page = __ldg(pages + (j < tok_end ? (j >> p.page_shift) : 0));
+            if (j < tok_end && (page < 0 || page >= p.num_pages)) {
+              atomicMin(&s.header->error_key,
+                        error_key(b, DataError::kBadPage, static_cast<int32_t>(j >> p.page_shift)));
+              break;
             }
           }
         }
-        // The previous tile's copies have landed: publish them.
-        if (pending_slot >= 0) publish_cp_async<1>(pending_slot, lane);
-        pending_slot = slot;
       }
+      // The previous tile's copies have landed: publish them.
+      if (pending_slot >= 0) publish_cp_async<1>(pending_slot, lane);
+      pending_slot = slot;
     }
   }
 
   // Waits for all but kPending of this lane's cp.async groups, makes them visible to the async
-  // proxy (wgmma) and arrives on the slot's "full" barrier for the warp.
+  // proxy (wgmma) and arrives on every box barrier of the slot for the warp.
   template <int kPending>
   __device__ void publish_cp_async(int slot, int lane) {
     ptx::cp_async_wait<kPending>();
     wgmma::fence_proxy_async();
     __syncwarp();
-    if (lane == 0) async_copy::mbarrier_arrive(addr(sm.full[slot]));
+    if (lane == 0) {
+#pragma unroll
+      for (int box = 0; box < Cfg::kSlabs; ++box) {
+        async_copy::mbarrier_arrive(addr(sm.full[slot][box]));
+      }
+    }
   }
 
   // ------------------------------------------------------------------------------------------
   // Consumers
   // ------------------------------------------------------------------------------------------
 
-  // S = Q K^T over 576 columns for the tile in `slot`: 32 k-steps with Q from shared memory, 4
-  // with Q's RoPE part from registers. Issued and committed, not waited for.
-  __device__ void issue_s(float (&sc)[32], int slot, const uint32_t (&q_rope)[Cfg::kRopeSteps][4]) {
+  // Issues the S = Q K^T k-steps of boxes [kFirst, kLast) of the tile in `slot`, each box after
+  // its mbarrier completed, one commit group per box. `start`: the first k-step overwrites S.
+  // Boxes 0..7 take Q from shared memory, box 8 (RoPE) from registers.
+  template <int kFirst, int kLast>
+  __device__ void issue_s(float (&sc)[32], int slot, const uint32_t (&q_rope)[Cfg::kRopeSteps][4],
+                          bool start) {
     const uint64_t dq0 = wgmma::desc_sw128(addr(sm.q[0][0]), 16, 1024);
     const uint64_t dk0 = wgmma::desc_sw128(addr(sm.kv[slot][0][0]), 16, 1024);
-    wgmma::fence();
+    const uint32_t parity = (phases >> slot) & 1;
 #pragma unroll
-    for (int ks = 0; ks < kHeadDimV / 16; ++ks) {
-      const uint32_t off = (ks / 4) * Cfg::kSlabBytes + (ks % 4) * 32;
-      wgmma::wgmma_m64n64k16_ss<Traits::kIsBf16>(sc, wgmma::desc_add(dq0, off),
-                                                 wgmma::desc_add(dk0, off), ks > 0);
-    }
+    for (int box = kFirst; box < kLast; ++box) {
+      async_copy::mbarrier_wait(addr(sm.full[slot][box]), parity);
+      wgmma::fence();
 #pragma unroll
-    for (int kr = 0; kr < Cfg::kRopeSteps; ++kr) {
-      wgmma::wgmma_m64n64k16_rs<Traits::kIsBf16>(
-          sc, q_rope[kr], wgmma::desc_add(dk0, Cfg::kLatentSlabs * Cfg::kSlabBytes + kr * 32));
+      for (int k = 0; k < 4; ++k) {
+        const uint32_t off = box * Cfg::kSlabBytes + k * 32;
+        if (box < Cfg::kLatentSlabs) {
+          wgmma::wgmma_m64n64k16_ss<Traits::kIsBf16>(sc, wgmma::desc_add(dq0, off),
+                                                     wgmma::desc_add(dk0, off),
+                                                     !(start && box == kFirst && k == 0));
+        } else {
+          wgmma::wgmma_m64n64k16_rs<Traits::kIsBf16>(sc, q_rope[k], wgmma::desc_add(dk0, off));
+        }
+      }
+      wgmma::commit_group();
     }
-    wgmma::commit_group();
   }
 
   // O += P V for this warpgroup's 256 columns of the tile in `slot`, P from registers.
@@ -265,40 +322,39 @@ struct SeesawCta {
     wgmma::commit_group();
   }
 
-  // Zeroes the V rows of tokens [first_dead, 64) of the slot's TMA tile (page tail past
-  // seq_len), then makes the zeros visible to wgmma for the whole warpgroup.
-  __device__ void zero_dead_rows(int slot, int first_dead, int wg_thread, int wg) {
-    const int chunks = (Cfg::kBlockN - first_dead) * Cfg::kLatentSlabs * 8;
-    for (int i = wg_thread; i < chunks; i += 128) {
-      const int row = first_dead + i / (Cfg::kLatentSlabs * 8);
-      const int chunk = i % (Cfg::kLatentSlabs * 8);
-      const uint32_t a = swizzled(addr(sm.kv[slot][0][0]), Cfg::kSlabBytes, row, chunk);
-      asm volatile("st.shared.v4.u32 [%0], {%1, %1, %1, %1};\n" ::"r"(a), "r"(0u) : "memory");
-    }
-    wgmma::fence_proxy_async();
-    async_copy::named_sync(Cfg::kBarWarpGroup0 + wg, 128);
-  }
-
-  // Waits for the tile in `slot`; returns its bad-page flag. With TMA, dead V rows are zeroed.
-  __device__ bool acquire_tile(int slot, int64_t tile_tok, int32_t len, int wg_thread, int wg) {
-    async_copy::mbarrier_wait(addr(sm.full[slot]), (phases >> slot) & 1);
+  // After S of the tile in `slot` (all its boxes waited for): flips the slot's phase, returns its
+  // bad-page flag and, for a TMA tile past seq_len, zeroes the V rows of tokens [len - tile_tok,
+  // 64) (page tail) and makes the zeros visible to wgmma for the whole warpgroup.
+  __device__ bool finish_s(int slot, int64_t tile_tok, int32_t len, int wg_thread, int wg) {
     phases ^= 1u << slot;
     bool bad = false;
 #pragma unroll
     for (int w = 0; w < Cfg::kCopyWarps; ++w) bad |= sm.slot_bad[slot][w] != 0;
     if (src.use_tma && tile_tok + Cfg::kBlockN > len) {
-      zero_dead_rows(slot, static_cast<int>(len - tile_tok), wg_thread, wg);
+      const int first_dead = static_cast<int>(len - tile_tok);
+      const int chunks = (Cfg::kBlockN - first_dead) * Cfg::kLatentSlabs * 8;
+      for (int i = wg_thread; i < chunks; i += 128) {
+        const int row = first_dead + i / (Cfg::kLatentSlabs * 8);
+        const int chunk = i % (Cfg::kLatentSlabs * 8);
+        const uint32_t a = swizzled(addr(sm.kv[slot][0][0]), Cfg::kSlabBytes, row, chunk);
+        asm volatile("st.shared.v4.u32 [%0], {%1, %1, %1, %1};\n" ::"r"(a), "r"(0u) : "memory");
+      }
+      wgmma::fence_proxy_async();
+      async_copy::named_sync(Cfg::kBarWarpGroup0 + wg, 128);
     }
     return bad;
   }
 
-  __device__ void release_tile(int slot) { async_copy::mbarrier_arrive(addr(sm.empty[slot])); }
+  // This warpgroup is done reading half `half` of `slot`.
+  __device__ void release_half(int slot, int half) {
+    async_copy::mbarrier_arrive(addr(sm.empty[slot][half]));
+  }
 
   // Scales S to the log2 domain and masks tokens at or past lim[i] (rows g and g + 8); returns
   // the two row maxima of this thread's quad.
   template <bool kMasked>
-  __device__ void scale_mask_max(float (&sc)[32], const int (&lim)[2], int c, float scale_log2,
-                                 float (&tile_max)[2]) {
+  __device__ static void scale_mask_max(float (&sc)[32], const int (&lim)[2], int c,
+                                        float scale_log2, float (&tile_max)[2]) {
 #pragma unroll
     for (int i = 0; i < 2; ++i) {
       float mx = -CUDART_INF_F;
@@ -319,18 +375,45 @@ struct SeesawCta {
     }
   }
 
-  // P = 2^(S - base) packed to the A-operand fragments of P V (16 registers), its row sums
-  // added to l; also stored to the shared P tile `which` when `to_smem`.
-  __device__ void exp_pack(const float (&sc)[32], const float (&base_)[2], float (&l)[2],
-                           uint32_t (&pa)[16], int which, int band, int g, int c) {
+  __device__ static void tile_max_of(float (&sc)[32], const int (&lim)[2], int c, float scale_log2,
+                                     float (&tile_max)[2]) {
+    if (__all_sync(0xffffffffu, min(lim[0], lim[1]) >= Cfg::kBlockN)) {
+      scale_mask_max<false>(sc, lim, c, scale_log2, tile_max);
+    } else {
+      scale_mask_max<true>(sc, lim, c, scale_log2, tile_max);
+    }
+  }
+
+  // P = 2^(S - base) in place, its row sums (this thread's part) added to l.
+  __device__ static void exp_rows(float (&sc)[32], const float (&base_)[2], float (&l)[2]) {
 #pragma unroll
     for (int nt = 0; nt < Cfg::kBlockN / 8; ++nt) {
 #pragma unroll
       for (int i = 0; i < 2; ++i) {
-        const float p0 = softmax::exp2(sc[4 * nt + 2 * i] - base_[i]);
-        const float p1 = softmax::exp2(sc[4 * nt + 2 * i + 1] - base_[i]);
-        l[i] += p0 + p1;
-        pa[2 * nt + i] = Traits::pack(p0, p1);
+        sc[4 * nt + 2 * i] = softmax::exp2(sc[4 * nt + 2 * i] - base_[i]);
+        sc[4 * nt + 2 * i + 1] = softmax::exp2(sc[4 * nt + 2 * i + 1] - base_[i]);
+        l[i] += sc[4 * nt + 2 * i] + sc[4 * nt + 2 * i + 1];
+      }
+    }
+  }
+
+  // P (times a[i] for rows g and g + 8) packed to the A-operand fragments of P V.
+  __device__ static void pack_p(const float (&sc)[32], const float (&a)[2], uint32_t (&pa)[16]) {
+#pragma unroll
+    for (int nt = 0; nt < Cfg::kBlockN / 8; ++nt) {
+#pragma unroll
+      for (int i = 0; i < 2; ++i) {
+        pa[2 * nt + i] = Traits::pack(sc[4 * nt + 2 * i] * a[i], sc[4 * nt + 2 * i + 1] * a[i]);
+      }
+    }
+  }
+
+  // Packed P to the shared tile `which` (one swizzled slab: row rr, token tok).
+  __device__ void store_p(const uint32_t (&pa)[16], int which, int band, int g, int c) {
+#pragma unroll
+    for (int nt = 0; nt < Cfg::kBlockN / 8; ++nt) {
+#pragma unroll
+      for (int i = 0; i < 2; ++i) {
         const int rr = band + g + 8 * i;
         const int tok = nt * 8 + 2 * c;
         ptx::st_shared_u32(
@@ -411,49 +494,34 @@ struct SeesawCta {
 #pragma unroll
     for (int i = 0; i < kORegs; ++i) o[i] = 0.0f;
     bool bad = false;
-    bool release_b = false;  // slot 1 is still read by an uncompleted P V_B of this warpgroup
+    bool release_b = false;  // WG0: its P V_B of the last pair is still reading slot 1's lo half
 
     for (int t = 0; t < num_tiles; t += 2) {
       const bool has_b = t + 1 < num_tiles;
-      const int own = wg;  // the slot whose S this warpgroup computes
       const int64_t own_tok = tok_begin + static_cast<int64_t>(t + wg) * Cfg::kBlockN;
-      const bool has_own = wg == 0 || has_b;
-      float sc[32];
-      if (wg == 1 && release_b) {
-        // Slot 1 is refilled with this pair's B only after this warpgroup's P V_B of the last
-        // pair has read it.
-        wgmma::wait_group<0>();
-        wgmma::fence_operands(o);
-        release_tile(1);
-        release_b = false;
-      }
-      if (has_own) {
-        bad |= acquire_tile(own, own_tok, len, wg_thread, wg);
-        issue_s(sc, own, q_rope);
-      }
-      if (wg == 0 && release_b) {
-        wgmma::wait_group<1>();  // the last pair's P V_B, not this S_A
-        wgmma::fence_operands(o);
-        release_tile(1);
-        release_b = false;
-      }
       int lim[2];
 #pragma unroll
       for (int i = 0; i < 2; ++i) {
         lim[i] = static_cast<int>(max(int64_t{0}, min(int64_t{Cfg::kBlockN}, vis[i] - own_tok)));
       }
+      float sc[32];
       uint32_t pa[16];
+      const float one[2] = {1.0f, 1.0f};
       if (wg == 0) {
-        // ---- WG0: S_A, softmax, publish P_A ----
-        wgmma::wait_group<0>();  // S_A
-        wgmma::fence_operands(sc);
-        float tile_max[2];
-        if (__all_sync(0xffffffffu, min(lim[0], lim[1]) >= Cfg::kBlockN)) {
-          scale_mask_max<false>(sc, lim, c, scale_log2, tile_max);
-        } else {
-          scale_mask_max<true>(sc, lim, c, scale_log2, tile_max);
+        // ---- WG0: S_A (lo boxes while the last P V_B_L finishes), softmax, P_A V_A_L ----
+        issue_s<0, Cfg::kLoBoxes>(sc, 0, q_rope, true);
+        if (release_b) {
+          wgmma::wait_group<Cfg::kLoBoxes>();  // the last pair's P V_B_L, not this S_A
+          wgmma::fence_operands(o);
+          release_half(1, 0);
+          release_b = false;
         }
-        float base_[2], alpha[2];
+        issue_s<Cfg::kLoBoxes, Cfg::kSlabs>(sc, 0, q_rope, false);
+        wgmma::wait_group<0>();
+        wgmma::fence_operands(sc);
+        bad |= finish_s(0, own_tok, len, wg_thread, wg);
+        float tile_max[2], base_[2], alpha[2];
+        tile_max_of(sc, lim, c, scale_log2, tile_max);
 #pragma unroll
         for (int i = 0; i < 2; ++i) {
           const float m_new = fmaxf(m[i], tile_max[i]);
@@ -462,9 +530,7 @@ struct SeesawCta {
           m[i] = m_new;
           l[i] *= alpha[i];
         }
-        // WG1 has finished reading the previous P_A, m_A and a_A.
-        if (pairs > 0) async_copy::mbarrier_wait(addr(sm.pa_free), (pairs - 1) & 1);
-        exp_pack(sc, base_, l, pa, 0, band, g, c);
+        exp_rows(sc, base_, l);
         if (c == 0) {
 #pragma unroll
           for (int i = 0; i < 2; ++i) {
@@ -472,99 +538,103 @@ struct SeesawCta {
             sm.row_scale[0][band + g + 8 * i] = alpha[i];
           }
         }
-        wgmma::fence_proxy_async();
-        async_copy::mbarrier_arrive(addr(sm.pa_ready));
+        async_copy::mbarrier_arrive(addr(sm.sa_ready));
+        pack_p(sc, one, pa);
         rescale(o, alpha);
         issue_pv_rs(o, 0, 0, pa);
-        if (has_b) {
-          async_copy::mbarrier_wait(addr(sm.pb_ready), pairs_b & 1);
-          float alpha_b[2];
+        wgmma::wait_group<0>();
+        wgmma::fence_operands(o);
+        release_half(0, 0);
+        // m_B and a_B (1 without a B); P_A at the scale of m_B for WG1's P V_A_R.
+        async_copy::mbarrier_wait(addr(sm.sb_ready), pairs & 1);
+        float alpha_b[2];
 #pragma unroll
-          for (int i = 0; i < 2; ++i) {
-            alpha_b[i] = sm.row_scale[1][band + g + 8 * i];
-            m[i] = sm.row_max[1][band + g + 8 * i];
-            l[i] *= alpha_b[i];
-          }
-          wgmma::wait_group<0>();
-          wgmma::fence_operands(o);
-          release_tile(0);
+        for (int i = 0; i < 2; ++i) {
+          alpha_b[i] = sm.row_scale[1][band + g + 8 * i];
+          m[i] = sm.row_max[1][band + g + 8 * i];
+          l[i] *= alpha_b[i];
+        }
+        pack_p(sc, alpha_b, pa);
+        store_p(pa, 0, band, g, c);
+        wgmma::fence_proxy_async();
+        async_copy::mbarrier_arrive(addr(sm.pa_ready));
+        if (has_b) {
           rescale(o, alpha_b);
+          async_copy::mbarrier_wait(addr(sm.pb_ready), pairs_b & 1);
           issue_pv_ss(o, 1, 0, 1);
           release_b = true;
-        } else {
-          wgmma::wait_group<0>();
-          wgmma::fence_operands(o);
-          release_tile(0);
-          release_b = false;
         }
       } else {
-        // ---- WG1: S_B alongside S_A; softmax after m_A is known ----
-        async_copy::mbarrier_wait(addr(sm.pa_ready), pairs & 1);
-        float alpha_a[2], m_a[2];
+        // ---- WG1: S_B (hi boxes first) alongside S_A; softmax once m_A is known ----
+        if (has_b) {
+          issue_s<Cfg::kLoBoxes, Cfg::kSlabs>(sc, 1, q_rope, true);
+          issue_s<0, Cfg::kLoBoxes>(sc, 1, q_rope, false);
+        }
+        async_copy::mbarrier_wait(addr(sm.sa_ready), pairs & 1);
+        float alpha_a[2], alpha_b[2] = {1.0f, 1.0f};
 #pragma unroll
         for (int i = 0; i < 2; ++i) {
           alpha_a[i] = sm.row_scale[0][band + g + 8 * i];
-          m_a[i] = sm.row_max[0][band + g + 8 * i];
+          m[i] = sm.row_max[0][band + g + 8 * i];  // m_A
         }
-        wgmma::wait_group<0>();  // S_B
+        // Unconditional: ptxas serialises every wgmma when a wait sits in a branch it cannot
+        // match to the branch that issued.
+        wgmma::wait_group<0>();
         wgmma::fence_operands(sc);
-        float alpha_b[2] = {1.0f, 1.0f};
         if (has_b) {
-          float tile_max[2];
-          if (__all_sync(0xffffffffu, min(lim[0], lim[1]) >= Cfg::kBlockN)) {
-            scale_mask_max<false>(sc, lim, c, scale_log2, tile_max);
-          } else {
-            scale_mask_max<true>(sc, lim, c, scale_log2, tile_max);
-          }
-          float base_[2];
-          float l_b[2] = {0.0f, 0.0f};
+          bad |= finish_s(1, own_tok, len, wg_thread, wg);
+          float tile_max[2], base_[2];
+          tile_max_of(sc, lim, c, scale_log2, tile_max);
 #pragma unroll
           for (int i = 0; i < 2; ++i) {
-            const float m_new = fmaxf(m_a[i], tile_max[i]);
+            const float m_new = fmaxf(m[i], tile_max[i]);
             base_[i] = softmax::exp_base(m_new);
-            alpha_b[i] = softmax::exp2(m_a[i] - base_[i]);
+            alpha_b[i] = softmax::exp2(m[i] - base_[i]);
             m[i] = m_new;
           }
-          exp_pack(sc, base_, l_b, pa, 1, band, g, c);
-          if (c == 0) {
-#pragma unroll
-            for (int i = 0; i < 2; ++i) {
-              sm.row_max[1][band + g + 8 * i] = m[i];
-              sm.row_scale[1][band + g + 8 * i] = alpha_b[i];
-            }
-          }
-          wgmma::fence_proxy_async();
-          async_copy::mbarrier_arrive(addr(sm.pb_ready));
+          float l_b[2] = {0.0f, 0.0f};
+          exp_rows(sc, base_, l_b);
 #pragma unroll
           for (int i = 0; i < 2; ++i) l[i] = l[i] * alpha_a[i] * alpha_b[i] + l_b[i];
         } else {
 #pragma unroll
+          for (int i = 0; i < 2; ++i) l[i] *= alpha_a[i];
+        }
+        if (c == 0) {
+#pragma unroll
           for (int i = 0; i < 2; ++i) {
-            m[i] = m_a[i];
-            l[i] *= alpha_a[i];
+            sm.row_max[1][band + g + 8 * i] = m[i];
+            sm.row_scale[1][band + g + 8 * i] = alpha_b[i];
           }
         }
-        rescale(o, alpha_a);
+        async_copy::mbarrier_arrive(addr(sm.sb_ready));
+        const float alpha_ab[2] = {alpha_a[0] * alpha_b[0], alpha_a[1] * alpha_b[1]};
+        rescale(o, alpha_ab);
+        if (has_b) {
+          pack_p(sc, one, pa);
+          store_p(pa, 1, band, g, c);
+          wgmma::fence_proxy_async();
+          async_copy::mbarrier_arrive(addr(sm.pb_ready));
+          issue_pv_rs(o, 1, 1, pa);
+        }
+        async_copy::mbarrier_wait(addr(sm.pa_ready), pairs & 1);
         issue_pv_ss(o, 0, 1, 0);
+        if (has_b) {
+          wgmma::wait_group<1>();
+          wgmma::fence_operands(o);
+          release_half(1, 1);
+        }
         wgmma::wait_group<0>();
         wgmma::fence_operands(o);
-        release_tile(0);
-        async_copy::mbarrier_arrive(addr(sm.pa_free));
-        if (has_b) {
-          rescale(o, alpha_b);
-          issue_pv_rs(o, 1, 1, pa);
-          release_b = true;
-        } else {
-          release_b = false;
-        }
+        release_half(0, 1);
       }
-      // The hand-over mbarriers complete once per pair (P_B ready once per pair with a B).
+      // The hand-over mbarriers complete once per pair (pb_ready once per pair with a B).
       ++pairs;
       if (has_b) ++pairs_b;
     }
     wgmma::wait_group<0>();
     wgmma::fence_operands(o);
-    if (release_b) release_tile(1);
+    if (release_b) release_half(1, 0);
 
       // ---- epilogue: row sums of both warpgroups; each stores its 256 columns. A bad page seen by
       // either warpgroup travels as a NaN row sum (a NaN sum from NaN inputs gives NaN rows
@@ -611,14 +681,18 @@ __global__ void __launch_bounds__(SeesawConfig::kThreads, 1)
   if (threadIdx.x == 0) {
 #pragma unroll
     for (int i = 0; i < Cfg::kSlots; ++i) {
-      async_copy::mbarrier_init(cta.addr(sm.full[i]), src.use_tma ? 1 : Cfg::kCopyWarps);
-      async_copy::mbarrier_init(cta.addr(sm.empty[i]), Cfg::kConsumerThreads);
+#pragma unroll
+      for (int box = 0; box < Cfg::kSlabs; ++box) {
+        async_copy::mbarrier_init(cta.addr(sm.full[i][box]), src.use_tma ? 1 : Cfg::kCopyWarps);
+      }
+      async_copy::mbarrier_init(cta.addr(sm.empty[i][0]), 128);
+      async_copy::mbarrier_init(cta.addr(sm.empty[i][1]), 128);
 #pragma unroll
       for (int w = 0; w < Cfg::kCopyWarps; ++w) sm.slot_bad[i][w] = 0;
     }
-    async_copy::mbarrier_init(cta.addr(sm.pa_ready), 128);
-    async_copy::mbarrier_init(cta.addr(sm.pb_ready), 128);
-    async_copy::mbarrier_init(cta.addr(sm.pa_free), 128);
+    for (uint64_t* bar : {&sm.sa_ready, &sm.sb_ready, &sm.pa_ready, &sm.pb_ready}) {
+      async_copy::mbarrier_init(cta.addr(*bar), 128);
+    }
     async_copy::mbarrier_init_fence();
   }
   if (warp == Cfg::kProducerWarp && src.use_tma && lane == 0) {
@@ -643,12 +717,21 @@ __global__ void __launch_bounds__(SeesawConfig::kThreads, 1)
   if (warp >= Cfg::kProducerWarp) {
     setmaxnreg_dec<Cfg::kProducerRegs>();
     const int cw = warp - Cfg::kProducerWarp;  // copy warp
-    if (src.use_tma && cw != 0) return;
+    if (src.use_tma) {
+      // Warp 0 loads the lo half of every tile, warp 1 the hi half.
+      if (cw > 1) return;
+      decode_io::for_each_item(
+          p, s, blockIdx.x, [](int32_t, bool) {},
+          [&](int32_t b, int32_t, int64_t tok_begin, int64_t tok_end, const decode_io::RowSink&) {
+            cta.produce_item_tma(b, tok_begin, tok_end, cw, lane);
+          });
+      return;
+    }
     int pending_slot = -1;
     decode_io::for_each_item(
         p, s, blockIdx.x, [](int32_t, bool) {},
         [&](int32_t b, int32_t, int64_t tok_begin, int64_t tok_end, const decode_io::RowSink&) {
-          cta.produce_item(b, tok_begin, tok_end, cw, lane, pending_slot);
+          cta.produce_item_cp_async(b, tok_begin, tok_end, cw, lane, pending_slot);
         });
     if (pending_slot >= 0) cta.template publish_cp_async<0>(pending_slot, lane);
     return;
