@@ -113,6 +113,7 @@ struct SeesawCta {
   // Pairs this CTA has processed, and those with a tile B: the phases of the hand-over
   // mbarriers (each completes once per pair, or once per pair with a B).
   uint32_t pairs = 0, pairs_b = 0;
+  uint32_t items = 0;  // work items consumed: the phase of q_ready and sums_ready
 
   template <typename T>
   __device__ uint32_t addr(const T& member) const {
@@ -127,139 +128,140 @@ struct SeesawCta {
   // Bit of `phases` that tracks slot `slot`'s empty[half] barrier (producer side).
   __device__ static constexpr int empty_bit(int slot, int half) { return 2 + 2 * slot + half; }
 
-  // Waits until half `half` of `slot` is free (both halves with half < 0).
-  __device__ void wait_free(int slot, int half) {
-    for (int h = half < 0 ? 0 : half; h <= (half < 0 ? 1 : half); ++h) {
-      const int bit = empty_bit(slot, h);
-      async_copy::mbarrier_wait(addr(sm.empty[slot][h]), ((phases >> bit) & 1) ^ 1);
-      phases ^= 1u << bit;
-    }
+  __device__ uint32_t free_parity(int slot, int half) const {
+    return ((phases >> empty_bit(slot, half)) & 1) ^ 1;
   }
 
-  __device__ bool is_free(int slot) const {
-    return async_copy::mbarrier_test(addr(sm.empty[slot][0]),
-                                     ((phases >> empty_bit(slot, 0)) & 1) ^ 1) &&
-           async_copy::mbarrier_test(addr(sm.empty[slot][1]),
-                                     ((phases >> empty_bit(slot, 1)) & 1) ^ 1);
-  }
-
-  // TMA: loads half `half` (0: boxes 0..3, 1: boxes 4..8) of every tile of item (b, tokens
-  // [tok_begin, tok_end)), one lane of copy warp `half`. Warp 0 also records a bad page.
-  __device__ void produce_item_tma(int32_t b, int64_t tok_begin, int64_t tok_end, int half,
-                                   int lane) {
+  // Loads half `half` (0: boxes 0..3, 1: boxes 4..8) of every tile of item (b, tokens
+  // [tok_begin, tok_end)) into the ring: with TMA one lane of copy warp `half`, with cp.async
+  // copy warps 2 half and 2 half + 1. Tiles go in order, except that the hi half loads each
+  // pair's B before its A, the order in which warpgroup 1 frees them.
+  __device__ void produce_item(int32_t b, int64_t tok_begin, int64_t tok_end, int cw, int lane,
+                               int& pending_slot) {
+    const int half = src.use_tma ? cw : cw / 2;
     const int num_tiles = static_cast<int>((tok_end - tok_begin + Cfg::kBlockN - 1) / Cfg::kBlockN);
     const int32_t* pages = p.block_table + b * p.block_table_stride;
-    const uint64_t policy =
-        src.evict_first ? async_copy::policy_evict_first() : async_copy::policy_evict_normal();
-    const int first_box = half == 0 ? 0 : Cfg::kLoBoxes;
-    const int last_box = half == 0 ? Cfg::kLoBoxes : Cfg::kSlabs;
     for (int i = 0; i < num_tiles; ++i) {
-      // Warpgroup 1 frees slot 1's hi half (its P V_B) before slot 0's (its P V_A).
       int t = i;
       if (half == 1) t = (i & 1) ? i - 1 : (i + 1 < num_tiles ? i + 1 : i);
       const int slot = t & 1;
-      const int64_t tok = tok_begin + static_cast<int64_t>(t) * Cfg::kBlockN;
-      // One page holds the whole tile (page_size >= 64, tiles 64-aligned).
-      const int32_t page = __ldg(pages + (tok >> p.page_shift));
-      wait_free(slot, half);
-      if (lane == 0) {
-        const bool bad = page < 0 || page >= p.num_pages;
-        if (half == 0) {
-          sm.slot_bad[slot][0] = bad;
-          if (bad) {
-            atomicMin(&s.header->error_key,
-                      error_key(b, DataError::kBadPage, static_cast<int32_t>(tok >> p.page_shift)));
-          }
+      // Token positions fit in int32 (seq_len does).
+      const int32_t tok = static_cast<int32_t>(tok_begin) + t * Cfg::kBlockN;
+      const int live = min(Cfg::kBlockN, static_cast<int32_t>(tok_end) - tok);
+      if (src.use_tma) {
+        async_copy::mbarrier_wait(addr(sm.empty[slot][half]), free_parity(slot, half));
+        phases ^= 1u << empty_bit(slot, half);
+        if (lane == 0) load_tile_tma(b, pages, tok, live, slot, half);
+        __syncwarp();
+      } else {
+        // The consumers may need the pending tile before they free this slot: publish it before
+        // blocking, else two tiles stay in flight.
+        const uint32_t parity = free_parity(slot, half);
+        if (pending_slot >= 0 && !async_copy::mbarrier_test(addr(sm.empty[slot][half]), parity)) {
+          publish_cp_async<0>(pending_slot, half, lane);
+          pending_slot = -1;
         }
-        const int32_t row_in_page = static_cast<int32_t>(tok & (p.page_size - 1));
-        for (int box = first_box; box < last_box; ++box) {
-          const uint32_t full = addr(sm.full[slot][box]);
-          if (bad) {
-            async_copy::mbarrier_arrive(full);
-          } else {
-            async_copy::mbarrier_arrive_expect_tx(full, Cfg::kSlabBytes);
-            async_copy::tma_load_3d(addr(sm.kv[slot][box]), &src.map, box * 64, row_in_page, page,
-                                    full, policy);
-          }
-        }
+        async_copy::mbarrier_wait(addr(sm.empty[slot][half]), parity);
+        phases ^= 1u << empty_bit(slot, half);
+        load_tile_cp_async(b, pages, tok, live, slot, half, cw % 2, lane);
+        // The previous tile's copies have landed: publish them.
+        if (pending_slot >= 0) publish_cp_async<1>(pending_slot, half, lane);
+        pending_slot = slot;
       }
-      __syncwarp();
     }
   }
 
-  // cp.async: copy warp `cw` (0..3) copies tile tokens cw, cw + 4, ... of every tile of the item.
-  __device__ void produce_item_cp_async(int32_t b, int64_t tok_begin, int64_t tok_end, int cw,
-                                        int lane, int& pending_slot) {
-    const int num_tiles = static_cast<int>((tok_end - tok_begin + Cfg::kBlockN - 1) / Cfg::kBlockN);
-    const int32_t* pages = p.block_table + b * p.block_table_stride;
+  // TMA: the boxes of half `half` of the tile at `tok` (live tokens [0, live)), one box of
+  // min(page_size, 64) tokens per page holding live tokens and 64-column slab. Pages past the
+  // live ones are not read; a bad page loads nothing (the consumers write NaN rows).
+  __device__ void load_tile_tma(int32_t b, const int32_t* pages, int32_t tok, int live, int slot,
+                                int half) {
+    const uint64_t policy =
+        src.evict_first ? async_copy::policy_evict_first() : async_copy::policy_evict_normal();
+    const int page_rows = min(p.page_size, Cfg::kBlockN);
+    const int num_pages = (live + page_rows - 1) / page_rows;
+    const int32_t row_in_page = tok & (p.page_size - 1);
+    bool bad = false;
+    int bad_pos = 0;
+    for (int j = num_pages - 1; j >= 0; --j) {
+      const int32_t page = __ldg(pages + ((tok + j * page_rows) >> p.page_shift));
+      if (page < 0 || page >= p.num_pages) {
+        bad = true;
+        bad_pos = (tok + j * page_rows) >> p.page_shift;
+      }
+    }
+    if (half == 0) {
+      sm.slot_bad[slot][0] = bad;
+      if (bad) atomicMin(&s.header->error_key, error_key(b, DataError::kBadPage, bad_pos));
+    }
+    const int first_box = half == 0 ? 0 : Cfg::kLoBoxes;
+    const int last_box = half == 0 ? Cfg::kLoBoxes : Cfg::kSlabs;
+    for (int box = first_box; box < last_box; ++box) {
+      const uint32_t full = addr(sm.full[slot][box]);
+      if (bad) {
+        async_copy::mbarrier_arrive(full);
+        continue;
+      }
+      async_copy::mbarrier_arrive_expect_tx(full, num_pages * page_rows * 128);
+      for (int j = 0; j < num_pages; ++j) {
+        const int32_t page = __ldg(pages + ((tok + j * page_rows) >> p.page_shift));
+        async_copy::tma_load_3d(addr(sm.kv[slot][box]) + j * page_rows * 128, &src.map, box * 64,
+                                row_in_page, page, full, policy);
+      }
+    }
+  }
+
+  // cp.async: copy warp `w` (0 or 1) of half `half` copies the half's columns of tile tokens w,
+  // w + 2, ... (dead tokens and bad pages zero-filled, never read).
+  __device__ void load_tile_cp_async(int32_t b, const int32_t* pages, int32_t tok, int live,
+                                     int slot, int half, int w, int lane) {
     const Elem* kv = static_cast<const Elem*>(p.kv);
-    for (int t = 0; t < num_tiles; ++t) {
-      const int slot = t & 1;
-      const int64_t tok = tok_begin + static_cast<int64_t>(t) * Cfg::kBlockN;
-      // Lane l < 16 loads the page id of this warp's l-th token; dead tokens read entry 0.
-      constexpr int kTokens = Cfg::kBlockN / Cfg::kCopyWarps;
-      const int64_t jl = tok + cw + Cfg::kCopyWarps * (lane % kTokens);
-      const int32_t page_id = __ldg(pages + (jl < tok_end ? (jl >> p.page_shift) : 0));
-      // The consumers may need the pending tile before they free this slot: publish it before
-      // blocking, else two tiles stay in flight.
-      if (pending_slot >= 0 && !is_free(slot)) {
-        publish_cp_async<0>(pending_slot, lane);
-        pending_slot = -1;
-      }
-      wait_free(slot, -1);
-      bool bad = false;
-      const uint32_t tile = addr(sm.kv[slot][0][0]);
+    // Lane l loads the page id of this warp's l-th token; dead tokens read entry 0.
+    const int rl = w + 2 * lane;
+    const int32_t page_id = __ldg(pages + (rl < live ? ((tok + rl) >> p.page_shift) : 0));
+    const bool lane_bad = rl < live && (page_id < 0 || page_id >= p.num_pages);
+    const uint32_t tile = addr(sm.kv[slot][0][0]);
 #pragma unroll 4
-      for (int i = 0; i < kTokens; ++i) {
-        const int r = cw + Cfg::kCopyWarps * i;
-        const int32_t page = __shfl_sync(0xffffffffu, page_id, i);
-        const int64_t j = tok + r;
-        const bool live = j < tok_end;
-        const bool in_cache = page >= 0 && page < p.num_pages;
-        bad |= live && !in_cache;
-        const bool valid = live && in_cache;
-        const Elem* row =
-            valid ? kv + page * p.kv_stride_page + (j & (p.page_size - 1)) * p.kv_stride_row : kv;
+    for (int i = 0; i < Cfg::kBlockN / 2; ++i) {
+      const int r = w + 2 * i;
+      const int32_t page = __shfl_sync(0xffffffffu, page_id, i);
+      const int32_t j = tok + r;
+      const bool valid = r < live && page >= 0 && page < p.num_pages;
+      const Elem* row =
+          valid ? kv + page * p.kv_stride_page + (j & (p.page_size - 1)) * p.kv_stride_row : kv;
+      if (half == 0) {
         ptx::cp_async_16(swizzled(tile, Cfg::kSlabBytes, r, lane), row + lane * 8, valid);
-        ptx::cp_async_16(swizzled(tile, Cfg::kSlabBytes, r, lane + 32), row + (lane + 32) * 8,
-                         valid);
+      } else {
+        const int c0 = Cfg::kLoBoxes * 8 + lane;  // chunks 32..63, then 64..71
+        ptx::cp_async_16(swizzled(tile, Cfg::kSlabBytes, r, c0), row + c0 * 8, valid);
         if (lane < 8) {
-          ptx::cp_async_16(swizzled(tile, Cfg::kSlabBytes, r, lane + 64), row + (lane + 64) * 8,
-                           valid);
+          ptx::cp_async_16(swizzled(tile, Cfg::kSlabBytes, r, c0 + 32), row + (c0 + 32) * 8, valid);
         }
       }
-      ptx::cp_async_commit();
-      if (lane == 0) {
-        sm.slot_bad[slot][cw] = bad;
-        if (bad) {
-          // The lowest bad block-table position of this warp's tokens.
-          for (int i = 0; i < kTokens; ++i) {
-            const int64_t j = tok + cw + Cfg::kCopyWarps * i;
-            const int32_t page = __ldg(pages + (j < tok_end ? (j >> p.page_shift) : 0));
-            if (j < tok_end && (page < 0 || page >= p.num_pages)) {
-              atomicMin(&s.header->error_key,
-                        error_key(b, DataError::kBadPage, static_cast<int32_t>(j >> p.page_shift)));
-              break;
-            }
-          }
-        }
+    }
+    ptx::cp_async_commit();
+    const unsigned bad_lanes = __ballot_sync(0xffffffffu, lane_bad);
+    if (lane == 0) {
+      sm.slot_bad[slot][2 * half + w] = bad_lanes != 0;
+      if (bad_lanes != 0) {
+        // The lowest bad block-table position of this warp's tokens.
+        const int32_t j = tok + w + 2 * (__ffs(bad_lanes) - 1);
+        atomicMin(&s.header->error_key, error_key(b, DataError::kBadPage, j >> p.page_shift));
       }
-      // The previous tile's copies have landed: publish them.
-      if (pending_slot >= 0) publish_cp_async<1>(pending_slot, lane);
-      pending_slot = slot;
     }
   }
 
   // Waits for all but kPending of this lane's cp.async groups, makes them visible to the async
-  // proxy (wgmma) and arrives on every box barrier of the slot for the warp.
+  // proxy (wgmma) and arrives on the box barriers of half `half` of the slot for the warp.
   template <int kPending>
-  __device__ void publish_cp_async(int slot, int lane) {
+  __device__ void publish_cp_async(int slot, int half, int lane) {
     ptx::cp_async_wait<kPending>();
     wgmma::fence_proxy_async();
     __syncwarp();
     if (lane == 0) {
-#pragma unroll
-      for (int box = 0; box < Cfg::kSlabs; ++box) {
+      const int first_box = half == 0 ? 0 : Cfg::kLoBoxes;
+      const int last_box = half == 0 ? Cfg::kLoBoxes : Cfg::kSlabs;
+      for (int box = first_box; box < last_box; ++box) {
         async_copy::mbarrier_arrive(addr(sm.full[slot][box]));
       }
     }
@@ -397,13 +399,28 @@ struct SeesawCta {
     }
   }
 
-  // P (times a[i] for rows g and g + 8) packed to the A-operand fragments of P V.
-  __device__ static void pack_p(const float (&sc)[32], const float (&a)[2], uint32_t (&pa)[16]) {
+  // P packed to the A-operand fragments of P V (register 2 nt + i: rows g + 8 i, tokens 8 nt +
+  // 2 c, + 1).
+  __device__ static void pack_p(const float (&sc)[32], uint32_t (&pa)[16]) {
 #pragma unroll
     for (int nt = 0; nt < Cfg::kBlockN / 8; ++nt) {
 #pragma unroll
       for (int i = 0; i < 2; ++i) {
-        pa[2 * nt + i] = Traits::pack(sc[4 * nt + 2 * i] * a[i], sc[4 * nt + 2 * i + 1] * a[i]);
+        pa[2 * nt + i] = Traits::pack(sc[4 * nt + 2 * i], sc[4 * nt + 2 * i + 1]);
+      }
+    }
+  }
+
+  // Packed P times a[i] for rows g + 8 i, when any a differs from 1 in the warp (rounded twice
+  // then, at most one more unit in the last place of P's 16-bit type).
+  __device__ static void scale_packed(uint32_t (&pa)[16], const float (&a)[2]) {
+    if (!__any_sync(0xffffffffu, a[0] != 1.0f || a[1] != 1.0f)) return;
+#pragma unroll
+    for (int nt = 0; nt < Cfg::kBlockN / 8; ++nt) {
+#pragma unroll
+      for (int i = 0; i < 2; ++i) {
+        const float2 v = Traits::unpack(pa[2 * nt + i]);
+        pa[2 * nt + i] = Traits::pack(v.x * a[i], v.y * a[i]);
       }
     }
   }
@@ -482,7 +499,9 @@ struct SeesawCta {
     }
     ptx::cp_async_wait<0>();
     wgmma::fence_proxy_async();
-    async_copy::named_sync(Cfg::kBarConsumers, Cfg::kConsumerThreads);
+    // Both warpgroups have loaded Q and are done with the last item's Q and row sums.
+    async_copy::mbarrier_arrive(addr(sm.q_ready));
+    async_copy::mbarrier_wait(addr(sm.q_ready), items & 1);
 
     int32_t vis[2];  // keys visible to rows band + g and band + g + 8
 #pragma unroll
@@ -506,7 +525,6 @@ struct SeesawCta {
       }
       float sc[32];
       uint32_t pa[16];
-      const float one[2] = {1.0f, 1.0f};
       if (wg == 0) {
         // ---- WG0: S_A (lo boxes while the last P V_B_L finishes), softmax, P_A V_A_L ----
         issue_s<0, Cfg::kLoBoxes>(sc, 0, q_rope, true);
@@ -539,7 +557,7 @@ struct SeesawCta {
           }
         }
         async_copy::mbarrier_arrive(addr(sm.sa_ready));
-        pack_p(sc, one, pa);
+        pack_p(sc, pa);
         rescale(o, alpha);
         issue_pv_rs(o, 0, 0, pa);
         wgmma::wait_group<0>();
@@ -554,7 +572,7 @@ struct SeesawCta {
           m[i] = sm.row_max[1][band + g + 8 * i];
           l[i] *= alpha_b[i];
         }
-        pack_p(sc, alpha_b, pa);
+        scale_packed(pa, alpha_b);
         store_p(pa, 0, band, g, c);
         wgmma::fence_proxy_async();
         async_copy::mbarrier_arrive(addr(sm.pa_ready));
@@ -611,7 +629,7 @@ struct SeesawCta {
         const float alpha_ab[2] = {alpha_a[0] * alpha_b[0], alpha_a[1] * alpha_b[1]};
         rescale(o, alpha_ab);
         if (has_b) {
-          pack_p(sc, one, pa);
+          pack_p(sc, pa);
           store_p(pa, 1, band, g, c);
           wgmma::fence_proxy_async();
           async_copy::mbarrier_arrive(addr(sm.pb_ready));
@@ -644,7 +662,9 @@ struct SeesawCta {
       const float sum = softmax::quad_sum(l[i]);
       if (c == 0) sm.row_sum[wg][band + g + 8 * i] = bad ? CUDART_NAN_F : sum;
     }
-    async_copy::named_sync(Cfg::kBarConsumers, Cfg::kConsumerThreads);
+    async_copy::mbarrier_arrive(addr(sm.sums_ready));
+    async_copy::mbarrier_wait(addr(sm.sums_ready), items & 1);
+    ++items;
 #pragma unroll
     for (int i = 0; i < 2; ++i) {
       const int rr = band + g + 8 * i;
@@ -661,8 +681,7 @@ struct SeesawCta {
                              bad_row ? CUDART_NAN_F : softmax::natural_lse(m[i], sum));
       }
     }
-    // The next item's Q load ends with a consumer barrier before anything rewrites Q or the row
-    // sums: no barrier needed here.
+    // The next item's Q load ends on q_ready, which both warpgroups reach only after these reads.
   }
 };
 
@@ -683,7 +702,7 @@ __global__ void __launch_bounds__(SeesawConfig::kThreads, 1)
     for (int i = 0; i < Cfg::kSlots; ++i) {
 #pragma unroll
       for (int box = 0; box < Cfg::kSlabs; ++box) {
-        async_copy::mbarrier_init(cta.addr(sm.full[i][box]), src.use_tma ? 1 : Cfg::kCopyWarps);
+        async_copy::mbarrier_init(cta.addr(sm.full[i][box]), src.use_tma ? 1 : Cfg::kCopyWarps / 2);
       }
       async_copy::mbarrier_init(cta.addr(sm.empty[i][0]), 128);
       async_copy::mbarrier_init(cta.addr(sm.empty[i][1]), 128);
@@ -693,6 +712,8 @@ __global__ void __launch_bounds__(SeesawConfig::kThreads, 1)
     for (uint64_t* bar : {&sm.sa_ready, &sm.sb_ready, &sm.pa_ready, &sm.pb_ready}) {
       async_copy::mbarrier_init(cta.addr(*bar), 128);
     }
+    async_copy::mbarrier_init(cta.addr(sm.q_ready), Cfg::kConsumerThreads);
+    async_copy::mbarrier_init(cta.addr(sm.sums_ready), Cfg::kConsumerThreads);
     async_copy::mbarrier_init_fence();
   }
   if (warp == Cfg::kProducerWarp && src.use_tma && lane == 0) {
@@ -717,23 +738,14 @@ __global__ void __launch_bounds__(SeesawConfig::kThreads, 1)
   if (warp >= Cfg::kProducerWarp) {
     setmaxnreg_dec<Cfg::kProducerRegs>();
     const int cw = warp - Cfg::kProducerWarp;  // copy warp
-    if (src.use_tma) {
-      // Warp 0 loads the lo half of every tile, warp 1 the hi half.
-      if (cw > 1) return;
-      decode_io::for_each_item(
-          p, s, blockIdx.x, [](int32_t, bool) {},
-          [&](int32_t b, int32_t, int64_t tok_begin, int64_t tok_end, const decode_io::RowSink&) {
-            cta.produce_item_tma(b, tok_begin, tok_end, cw, lane);
-          });
-      return;
-    }
+    if (src.use_tma && cw > 1) return;  // TMA: warp 0 loads the lo halves, warp 1 the hi halves
     int pending_slot = -1;
     decode_io::for_each_item(
         p, s, blockIdx.x, [](int32_t, bool) {},
         [&](int32_t b, int32_t, int64_t tok_begin, int64_t tok_end, const decode_io::RowSink&) {
-          cta.produce_item_cp_async(b, tok_begin, tok_end, cw, lane, pending_slot);
+          cta.produce_item(b, tok_begin, tok_end, cw, lane, pending_slot);
         });
-    if (pending_slot >= 0) cta.template publish_cp_async<0>(pending_slot, lane);
+    if (pending_slot >= 0) cta.template publish_cp_async<0>(pending_slot, cw / 2, lane);
     return;
   }
   setmaxnreg_inc<Cfg::kConsumerRegs>();

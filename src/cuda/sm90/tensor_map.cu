@@ -2,6 +2,7 @@
 #include <cudaTypedefs.h>
 #include <cuda_runtime.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <cstring>
 #include <mutex>
@@ -53,7 +54,7 @@ PFN_cuTensorMapEncodeTiled_v12000 encode_fn() {
 
 bool encode(const detail::DecodeProblem& p, CUtensorMap* map) {
   const auto fn = encode_fn();
-  if (fn == nullptr || p.page_size < 64) return false;
+  if (fn == nullptr || p.page_size < kMinTmaPageSize) return false;
   const uint64_t elem = 2;
   const uint64_t row_bytes = static_cast<uint64_t>(p.kv_stride_row) * elem;
   const uint64_t page_bytes = static_cast<uint64_t>(p.kv_stride_page) * elem;
@@ -64,7 +65,8 @@ bool encode(const detail::DecodeProblem& p, CUtensorMap* map) {
   const cuuint64_t dims[3] = {576, static_cast<cuuint64_t>(p.page_size),
                               static_cast<cuuint64_t>(p.num_pages)};
   const cuuint64_t strides[2] = {row_bytes, page_bytes};
-  const cuuint32_t box[3] = {64, 64, 1};
+  // One box: 64 columns (128 bytes, the swizzle span) of one page's rows of a 64-token tile.
+  const cuuint32_t box[3] = {64, static_cast<cuuint32_t>(std::min(p.page_size, 64)), 1};
   const cuuint32_t elem_strides[3] = {1, 1, 1};
   const CUtensorMapDataType type = p.dtype == detail::ElemType::kBFloat16
                                        ? CU_TENSOR_MAP_DATA_TYPE_BFLOAT16
@@ -77,7 +79,7 @@ bool encode(const detail::DecodeProblem& p, CUtensorMap* map) {
 }  // namespace
 
 bool kv_tensor_map(const detail::DecodeProblem& p, CUtensorMap* map) {
-  if (p.page_size < 64) return false;
+  if (p.page_size < kMinTmaPageSize) return false;
   static std::mutex mutex;
   static std::unordered_map<Key, CUtensorMap, KeyHash> cache;
   const Key key{p.kv,
