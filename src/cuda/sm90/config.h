@@ -70,8 +70,13 @@ struct SeesawConfig {
   static constexpr int kThreads = kConsumerThreads + 128;
   static constexpr int kProducerWarp = kConsumerThreads / 32;
   static constexpr int kCopyWarps = 4;  // cp.async: two per half of a tile
-  static constexpr int kProducerRegs = 32, kConsumerRegs = 240;
-  static_assert(kProducerRegs * 128 + kConsumerRegs * kConsumerThreads <= 65536, "register file");
+  static constexpr int kProducerRegs = 24, kConsumerRegs = 240;
+  // setmaxnreg.inc takes registers only from those the CTA's own warps gave back with
+  // setmaxnreg.dec: the CTA holds the launch count (65536 / 384 rounded down to 8: 168) for every
+  // thread, and a consumer asking for more than the producer freed waits forever (32 / 240 hung).
+  static constexpr int kLaunchRegs = (65536 / kThreads) / 8 * 8;
+  static_assert(kProducerRegs * 128 + kConsumerRegs * kConsumerThreads <= kLaunchRegs * kThreads,
+                "register pool of the CTA");
   static constexpr int kOCols = kHeadDimV / 2;  // output columns per warpgroup
   static constexpr uint32_t kSlabBytes = kBlockN * 128;
   static constexpr uint32_t kTileBytes = kSlabs * kSlabBytes;
