@@ -69,7 +69,7 @@ struct SeesawConfig {
   // tokens of a tile.
   static constexpr int kThreads = kConsumerThreads + 128;
   static constexpr int kProducerWarp = kConsumerThreads / 32;
-  static constexpr int kCopyWarps = 4;  // cp.async: two per half of a tile
+  static constexpr int kCopyWarps = 4;  // cp.async: 16 tokens of a tile each
   static constexpr int kProducerRegs = 24, kConsumerRegs = 240;
   // setmaxnreg.inc takes registers only from those the CTA's own warps gave back with
   // setmaxnreg.dec: the CTA holds the launch count (65536 / 384 rounded down to 8: 168) for every

@@ -13,9 +13,9 @@
 // warpgroup 1). Half h of a slot is freed by warpgroup h alone, on the slot's empty[h] mbarrier.
 //
 // Producer (warpgroup 2). Tile i of a work item (tokens tok_begin + 64 i ...) goes to slot i % 2.
-//   page_size >= 64 and a tensor map: warp 0 issues the lo boxes of every tile, warp 1 the hi
-//   boxes (of each pair's B before its A: warpgroup 1 frees them in that order), each box a TMA
-//   on its own "full" mbarrier;
+//   page_size >= 8 and a tensor map: warp 0 issues the lo boxes of every tile, warp 1 the hi
+//   boxes (of each pair's B before its A: warpgroup 1 frees them in that order), each box (one
+//   TMA per page of the tile) on its own "full" mbarrier;
 //   smaller pages: each of the four warps cp.asyncs 16 of the 64 tokens once both halves are free
 //   (dead tokens and bad pages zero-filled, never read), then arrives on all nine "full"
 //   barriers once it has issued its next tile (two tiles in flight), or before it would block on
@@ -128,19 +128,38 @@ struct SeesawCta {
   // Bit of `phases` that tracks slot `slot`'s empty[half] barrier (producer side).
   __device__ static constexpr int empty_bit(int slot, int half) { return 2 + 2 * slot + half; }
 
-  __device__ uint32_t free_parity(int slot, int half) const {
-    return ((phases >> empty_bit(slot, half)) & 1) ^ 1;
+  // Waits until half `half` of `slot` is free (both halves with half < 0).
+  __device__ void wait_free(int slot, int half) {
+    for (int h = half < 0 ? 0 : half; h <= (half < 0 ? 1 : half); ++h) {
+      const int bit = empty_bit(slot, h);
+      async_copy::mbarrier_wait(addr(sm.empty[slot][h]), ((phases >> bit) & 1) ^ 1);
+      phases ^= 1u << bit;
+    }
   }
 
-  // Loads half `half` (0: boxes 0..3, 1: boxes 4..8) of every tile of item (b, tokens
-  // [tok_begin, tok_end)) into the ring: with TMA one lane of copy warp `half`, with cp.async
-  // copy warps 2 half and 2 half + 1. Tiles go in order, except that the hi half loads each
-  // pair's B before its A, the order in which warpgroup 1 frees them.
-  __device__ void produce_item(int32_t b, int64_t tok_begin, int64_t tok_end, int cw, int lane,
-                               int& pending_slot) {
-    const int half = src.use_tma ? cw : cw / 2;
+  __device__ bool is_free(int slot) const {
+    return async_copy::mbarrier_test(addr(sm.empty[slot][0]),
+                                     ((phases >> empty_bit(slot, 0)) & 1) ^ 1) &&
+           async_copy::mbarrier_test(addr(sm.empty[slot][1]),
+                                     ((phases >> empty_bit(slot, 1)) & 1) ^ 1);
+  }
+
+  // TMA: loads half `half` (0: boxes 0..3, 1: boxes 4..8) of every tile of item (b, tokens
+  // [tok_begin, tok_end)), copy warp `half`, in tile order except that the hi half loads each
+  // pair's B before its A (the order in which warpgroup 1 frees them). A tile is one box of
+  // min(page_size, 64) tokens per page holding live tokens and 64-column slab; pages past the
+  // live ones are not read, and a bad page loads nothing (the consumers write NaN rows). The
+  // page ids are read before waiting for the slot (lane j: the tile's page j), so that their
+  // latency is not on the path from a freed slot to its refill.
+  __device__ void produce_item_tma(int32_t b, int64_t tok_begin, int64_t tok_end, int half,
+                                   int lane) {
     const int num_tiles = static_cast<int>((tok_end - tok_begin + Cfg::kBlockN - 1) / Cfg::kBlockN);
     const int32_t* pages = p.block_table + b * p.block_table_stride;
+    const uint64_t policy =
+        src.evict_first ? async_copy::policy_evict_first() : async_copy::policy_evict_normal();
+    const int page_rows = min(p.page_size, Cfg::kBlockN);
+    const int first_box = half == 0 ? 0 : Cfg::kLoBoxes;
+    const int last_box = half == 0 ? Cfg::kLoBoxes : Cfg::kSlabs;
     for (int i = 0; i < num_tiles; ++i) {
       int t = i;
       if (half == 1) t = (i & 1) ? i - 1 : (i + 1 < num_tiles ? i + 1 : i);
@@ -148,120 +167,110 @@ struct SeesawCta {
       // Token positions fit in int32 (seq_len does).
       const int32_t tok = static_cast<int32_t>(tok_begin) + t * Cfg::kBlockN;
       const int live = min(Cfg::kBlockN, static_cast<int32_t>(tok_end) - tok);
-      if (src.use_tma) {
-        async_copy::mbarrier_wait(addr(sm.empty[slot][half]), free_parity(slot, half));
-        phases ^= 1u << empty_bit(slot, half);
-        if (lane == 0) load_tile_tma(b, pages, tok, live, slot, half);
-        __syncwarp();
-      } else {
-        // The consumers may need the pending tile before they free this slot: publish it before
-        // blocking, else two tiles stay in flight.
-        const uint32_t parity = free_parity(slot, half);
-        if (pending_slot >= 0 && !async_copy::mbarrier_test(addr(sm.empty[slot][half]), parity)) {
-          publish_cp_async<0>(pending_slot, half, lane);
-          pending_slot = -1;
+      const int num_pages = (live + page_rows - 1) / page_rows;
+      const int32_t my_page =
+          lane < num_pages ? __ldg(pages + ((tok + lane * page_rows) >> p.page_shift)) : 0;
+      const unsigned bad =
+          __ballot_sync(0xffffffffu, lane < num_pages && (my_page < 0 || my_page >= p.num_pages));
+      wait_free(slot, half);
+      if (half == 0 && lane == 0) {
+        sm.slot_bad[slot][0] = bad != 0;
+        if (bad != 0) {
+          const int32_t pos = (tok + (__ffs(bad) - 1) * page_rows) >> p.page_shift;
+          atomicMin(&s.header->error_key, error_key(b, DataError::kBadPage, pos));
         }
-        async_copy::mbarrier_wait(addr(sm.empty[slot][half]), parity);
-        phases ^= 1u << empty_bit(slot, half);
-        load_tile_cp_async(b, pages, tok, live, slot, half, cw % 2, lane);
-        // The previous tile's copies have landed: publish them.
-        if (pending_slot >= 0) publish_cp_async<1>(pending_slot, half, lane);
-        pending_slot = slot;
       }
+      const int32_t row_in_page = tok & (p.page_size - 1);
+      for (int box = first_box; box < last_box; ++box) {
+        const uint32_t full = addr(sm.full[slot][box]);
+        if (lane == 0) {
+          if (bad != 0) {
+            async_copy::mbarrier_arrive(full);
+          } else {
+            async_copy::mbarrier_arrive_expect_tx(full, num_pages * page_rows * 128);
+          }
+        }
+        if (bad != 0) continue;
+        for (int j = 0; j < num_pages; ++j) {
+          const int32_t page = __shfl_sync(0xffffffffu, my_page, j);
+          if (lane == 0) {
+            async_copy::tma_load_3d(addr(sm.kv[slot][box]) + j * page_rows * 128, &src.map,
+                                    box * 64, row_in_page, page, full, policy);
+          }
+        }
+      }
+      __syncwarp();
     }
   }
 
-  // TMA: the boxes of half `half` of the tile at `tok` (live tokens [0, live)), one box of
-  // min(page_size, 64) tokens per page holding live tokens and 64-column slab. Pages past the
-  // live ones are not read; a bad page loads nothing (the consumers write NaN rows).
-  __device__ void load_tile_tma(int32_t b, const int32_t* pages, int32_t tok, int live, int slot,
-                                int half) {
-    const uint64_t policy =
-        src.evict_first ? async_copy::policy_evict_first() : async_copy::policy_evict_normal();
-    const int page_rows = min(p.page_size, Cfg::kBlockN);
-    const int num_pages = (live + page_rows - 1) / page_rows;
-    const int32_t row_in_page = tok & (p.page_size - 1);
-    bool bad = false;
-    int bad_pos = 0;
-    for (int j = num_pages - 1; j >= 0; --j) {
-      const int32_t page = __ldg(pages + ((tok + j * page_rows) >> p.page_shift));
-      if (page < 0 || page >= p.num_pages) {
-        bad = true;
-        bad_pos = (tok + j * page_rows) >> p.page_shift;
-      }
-    }
-    if (half == 0) {
-      sm.slot_bad[slot][0] = bad;
-      if (bad) atomicMin(&s.header->error_key, error_key(b, DataError::kBadPage, bad_pos));
-    }
-    const int first_box = half == 0 ? 0 : Cfg::kLoBoxes;
-    const int last_box = half == 0 ? Cfg::kLoBoxes : Cfg::kSlabs;
-    for (int box = first_box; box < last_box; ++box) {
-      const uint32_t full = addr(sm.full[slot][box]);
-      if (bad) {
-        async_copy::mbarrier_arrive(full);
-        continue;
-      }
-      async_copy::mbarrier_arrive_expect_tx(full, num_pages * page_rows * 128);
-      for (int j = 0; j < num_pages; ++j) {
-        const int32_t page = __ldg(pages + ((tok + j * page_rows) >> p.page_shift));
-        async_copy::tma_load_3d(addr(sm.kv[slot][box]) + j * page_rows * 128, &src.map, box * 64,
-                                row_in_page, page, full, policy);
-      }
-    }
-  }
-
-  // cp.async: copy warp `w` (0 or 1) of half `half` copies the half's columns of tile tokens w,
-  // w + 2, ... (dead tokens and bad pages zero-filled, never read).
-  __device__ void load_tile_cp_async(int32_t b, const int32_t* pages, int32_t tok, int live,
-                                     int slot, int half, int w, int lane) {
+  // cp.async (pages below kMinTmaPageSize or a cache without a tensor map): copy warp `cw`
+  // (0..3) copies tile tokens cw, cw + 4, ... of every tile of the item, both halves, once both
+  // are free (dead tokens and bad pages zero-filled, never read).
+  __device__ void produce_item_cp_async(int32_t b, int64_t tok_begin, int64_t tok_end, int cw,
+                                        int lane, int& pending_slot) {
+    const int num_tiles = static_cast<int>((tok_end - tok_begin + Cfg::kBlockN - 1) / Cfg::kBlockN);
+    const int32_t* pages = p.block_table + b * p.block_table_stride;
     const Elem* kv = static_cast<const Elem*>(p.kv);
-    // Lane l loads the page id of this warp's l-th token; dead tokens read entry 0.
-    const int rl = w + 2 * lane;
-    const int32_t page_id = __ldg(pages + (rl < live ? ((tok + rl) >> p.page_shift) : 0));
-    const bool lane_bad = rl < live && (page_id < 0 || page_id >= p.num_pages);
-    const uint32_t tile = addr(sm.kv[slot][0][0]);
+    for (int t = 0; t < num_tiles; ++t) {
+      const int slot = t & 1;
+      const int64_t tok = tok_begin + static_cast<int64_t>(t) * Cfg::kBlockN;
+      // Lane l < 16 loads the page id of this warp's l-th token; dead tokens read entry 0.
+      constexpr int kTokens = Cfg::kBlockN / Cfg::kCopyWarps;
+      const int64_t jl = tok + cw + Cfg::kCopyWarps * (lane % kTokens);
+      const int32_t page_id = __ldg(pages + (jl < tok_end ? (jl >> p.page_shift) : 0));
+      const bool lane_bad =
+          lane < kTokens && jl < tok_end && (page_id < 0 || page_id >= p.num_pages);
+      // The consumers may need the pending tile before they free this slot: publish it before
+      // blocking, else two tiles stay in flight.
+      if (pending_slot >= 0 && !is_free(slot)) {
+        publish_cp_async<0>(pending_slot, lane);
+        pending_slot = -1;
+      }
+      wait_free(slot, -1);
+      const uint32_t tile = addr(sm.kv[slot][0][0]);
 #pragma unroll 4
-    for (int i = 0; i < Cfg::kBlockN / 2; ++i) {
-      const int r = w + 2 * i;
-      const int32_t page = __shfl_sync(0xffffffffu, page_id, i);
-      const int32_t j = tok + r;
-      const bool valid = r < live && page >= 0 && page < p.num_pages;
-      const Elem* row =
-          valid ? kv + page * p.kv_stride_page + (j & (p.page_size - 1)) * p.kv_stride_row : kv;
-      if (half == 0) {
+      for (int i = 0; i < kTokens; ++i) {
+        const int r = cw + Cfg::kCopyWarps * i;
+        const int32_t page = __shfl_sync(0xffffffffu, page_id, i);
+        const int64_t j = tok + r;
+        const bool valid = j < tok_end && page >= 0 && page < p.num_pages;
+        const Elem* row =
+            valid ? kv + page * p.kv_stride_page + (j & (p.page_size - 1)) * p.kv_stride_row : kv;
         ptx::cp_async_16(swizzled(tile, Cfg::kSlabBytes, r, lane), row + lane * 8, valid);
-      } else {
-        const int c0 = Cfg::kLoBoxes * 8 + lane;  // chunks 32..63, then 64..71
-        ptx::cp_async_16(swizzled(tile, Cfg::kSlabBytes, r, c0), row + c0 * 8, valid);
+        ptx::cp_async_16(swizzled(tile, Cfg::kSlabBytes, r, lane + 32), row + (lane + 32) * 8,
+                         valid);
         if (lane < 8) {
-          ptx::cp_async_16(swizzled(tile, Cfg::kSlabBytes, r, c0 + 32), row + (c0 + 32) * 8, valid);
+          ptx::cp_async_16(swizzled(tile, Cfg::kSlabBytes, r, lane + 64), row + (lane + 64) * 8,
+                           valid);
         }
       }
-    }
-    ptx::cp_async_commit();
-    const unsigned bad_lanes = __ballot_sync(0xffffffffu, lane_bad);
-    if (lane == 0) {
-      sm.slot_bad[slot][2 * half + w] = bad_lanes != 0;
-      if (bad_lanes != 0) {
-        // The lowest bad block-table position of this warp's tokens.
-        const int32_t j = tok + w + 2 * (__ffs(bad_lanes) - 1);
-        atomicMin(&s.header->error_key, error_key(b, DataError::kBadPage, j >> p.page_shift));
+      ptx::cp_async_commit();
+      const unsigned bad = __ballot_sync(0xffffffffu, lane_bad);
+      if (lane == 0) {
+        sm.slot_bad[slot][cw] = bad != 0;
+        if (bad != 0) {
+          // The lowest bad block-table position of this warp's tokens.
+          const int64_t j = tok + cw + Cfg::kCopyWarps * (__ffs(bad) - 1);
+          atomicMin(&s.header->error_key,
+                    error_key(b, DataError::kBadPage, static_cast<int32_t>(j >> p.page_shift)));
+        }
       }
+      // The previous tile's copies have landed: publish them.
+      if (pending_slot >= 0) publish_cp_async<1>(pending_slot, lane);
+      pending_slot = slot;
     }
   }
 
   // Waits for all but kPending of this lane's cp.async groups, makes them visible to the async
-  // proxy (wgmma) and arrives on the box barriers of half `half` of the slot for the warp.
+  // proxy (wgmma) and arrives on every box barrier of the slot for the warp.
   template <int kPending>
-  __device__ void publish_cp_async(int slot, int half, int lane) {
+  __device__ void publish_cp_async(int slot, int lane) {
     ptx::cp_async_wait<kPending>();
     wgmma::fence_proxy_async();
     __syncwarp();
     if (lane == 0) {
-      const int first_box = half == 0 ? 0 : Cfg::kLoBoxes;
-      const int last_box = half == 0 ? Cfg::kLoBoxes : Cfg::kSlabs;
-      for (int box = first_box; box < last_box; ++box) {
+#pragma unroll
+      for (int box = 0; box < Cfg::kSlabs; ++box) {
         async_copy::mbarrier_arrive(addr(sm.full[slot][box]));
       }
     }
@@ -702,7 +711,7 @@ __global__ void __launch_bounds__(SeesawConfig::kThreads, 1)
     for (int i = 0; i < Cfg::kSlots; ++i) {
 #pragma unroll
       for (int box = 0; box < Cfg::kSlabs; ++box) {
-        async_copy::mbarrier_init(cta.addr(sm.full[i][box]), src.use_tma ? 1 : Cfg::kCopyWarps / 2);
+        async_copy::mbarrier_init(cta.addr(sm.full[i][box]), src.use_tma ? 1 : Cfg::kCopyWarps);
       }
       async_copy::mbarrier_init(cta.addr(sm.empty[i][0]), 128);
       async_copy::mbarrier_init(cta.addr(sm.empty[i][1]), 128);
@@ -738,14 +747,23 @@ __global__ void __launch_bounds__(SeesawConfig::kThreads, 1)
   if (warp >= Cfg::kProducerWarp) {
     setmaxnreg_dec<Cfg::kProducerRegs>();
     const int cw = warp - Cfg::kProducerWarp;  // copy warp
-    if (src.use_tma && cw > 1) return;  // TMA: warp 0 loads the lo halves, warp 1 the hi halves
+    if (src.use_tma) {
+      // Warp 0 loads the lo half of every tile, warp 1 the hi half.
+      if (cw > 1) return;
+      decode_io::for_each_item(
+          p, s, blockIdx.x, [](int32_t, bool) {},
+          [&](int32_t b, int32_t, int64_t tok_begin, int64_t tok_end, const decode_io::RowSink&) {
+            cta.produce_item_tma(b, tok_begin, tok_end, cw, lane);
+          });
+      return;
+    }
     int pending_slot = -1;
     decode_io::for_each_item(
         p, s, blockIdx.x, [](int32_t, bool) {},
         [&](int32_t b, int32_t, int64_t tok_begin, int64_t tok_end, const decode_io::RowSink&) {
-          cta.produce_item(b, tok_begin, tok_end, cw, lane, pending_slot);
+          cta.produce_item_cp_async(b, tok_begin, tok_end, cw, lane, pending_slot);
         });
-    if (pending_slot >= 0) cta.template publish_cp_async<0>(pending_slot, cw / 2, lane);
+    if (pending_slot >= 0) cta.template publish_cp_async<0>(pending_slot, lane);
     return;
   }
   setmaxnreg_inc<Cfg::kConsumerRegs>();
