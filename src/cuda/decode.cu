@@ -128,7 +128,7 @@ Status workspace_size(const char* fn, const DecodeShape& shape, int device, size
   // format may (fp8 caches have their own tiles), and the shape does not say which format the
   // calls will use: the largest layout serves them all. A format no configuration serves within
   // the limits (only possible with an override) is left to decode() to report.
-  *bytes = 0;
+  size_t largest = 0;
   Status first;
   for (detail::KvType kv :
        {detail::KvType::kHalf, detail::KvType::kFp8E4M3, detail::KvType::kFp8DsMla}) {
@@ -137,12 +137,13 @@ Status workspace_size(const char* fn, const DecodeShape& shape, int device, size
                                static_cast<int32_t>(shape.s_q * shape.h_q),
                                detail::ElemType::kBFloat16, kv, &plan);
     if (s.ok()) {
-      *bytes = std::max(*bytes, plan.layout.bytes);
+      largest = std::max(largest, plan.layout.bytes);
     } else if (kv == detail::KvType::kHalf) {
       first = s;
     }
   }
-  if (*bytes == 0) return detail::with_context(fn, first);
+  if (largest == 0) return detail::with_context(fn, first);
+  *bytes = largest;  // written only on success
   return Status();
 }
 
