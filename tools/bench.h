@@ -21,7 +21,7 @@ struct BenchWorkload {
   bool varlen = false;          // seq_lens drawn uniformly in [seq_len / 2, 3 seq_len / 2]
   DType dtype = DType::kBFloat16;
   int sparse_topk = 0;  // > 0: sparse_decode() over this many chosen tokens of the seq_len
-  KvFormat kv_format = KvFormat::kSameAsQ;  // fp8 formats: CPU only for now
+  KvFormat kv_format = KvFormat::kSameAsQ;
 };
 
 struct BenchOptions {

@@ -87,6 +87,58 @@ void fill_uniform(void* p, size_t elems, DType dtype, uint64_t seed, cudaStream_
   check(cudaGetLastError(), "fill_uniform_kernel launch");
 }
 
+// fp8 caches: random finite e4m3 codes (never the NaN codes 0x7F / 0xFF); fp8_ds_mla tokens get
+// scales 1/448 and bf16 RoPE values in [-1, 1), as the CPU benchmark's. Byte i of token i / width.
+__global__ void fill_fp8_kernel(uint8_t* p, size_t bytes, int width, uint64_t seed, bool ds_mla) {
+  for (size_t i = blockIdx.x * static_cast<size_t>(blockDim.x) + threadIdx.x; i < bytes;
+       i += static_cast<size_t>(gridDim.x) * blockDim.x) {
+    const int off = static_cast<int>(i % width);
+    const size_t elem = ds_mla && off >= 528 ? i / 2 : i;  // both bytes of a bf16 from one hash
+    uint64_t z = (elem + seed) * 0x9e3779b97f4a7c15ull;
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    z ^= z >> 31;
+    uint8_t byte;
+    if (ds_mla && off >= 528) {
+      const float v = static_cast<float>(z >> 40) * (2.0f / 16777216.0f) - 1.0f;
+      const uint16_t h = __bfloat16_as_ushort(__float2bfloat16_rn(v));
+      byte = static_cast<uint8_t>(off % 2 == 0 ? h : h >> 8);
+    } else if (ds_mla && off >= 512) {
+      const uint32_t bits = __float_as_uint(1.0f / 448);
+      byte = static_cast<uint8_t>(bits >> (8 * (off % 4)));
+    } else {
+      byte = static_cast<uint8_t>(z >> 56);
+      if ((byte & 0x7f) == 0x7f) byte ^= 1;
+    }
+    p[i] = byte;
+  }
+}
+
+// Bytes of one cached token of `w`'s format.
+size_t kv_token_bytes(const BenchWorkload& w) {
+  switch (w.kv_format) {
+    case KvFormat::kFp8E4M3:
+      return kHeadDimQK;
+    case KvFormat::kFp8DsMla:
+      return kFp8DsMlaTokenBytes;
+    case KvFormat::kSameAsQ:
+      break;
+  }
+  return kHeadDimQK * dtype_size(w.dtype);
+}
+
+// Random contents for a cache of `tokens` tokens in `w`'s format.
+void fill_kv(void* p, size_t tokens, const BenchWorkload& w, uint64_t seed, cudaStream_t stream) {
+  if (w.kv_format == KvFormat::kSameAsQ) {
+    fill_uniform(p, tokens * kHeadDimQK, w.dtype, seed, stream);
+    return;
+  }
+  const int width = static_cast<int>(kv_token_bytes(w));
+  fill_fp8_kernel<<<1024, 256, 0, stream>>>(static_cast<uint8_t*>(p), tokens * width, width, seed,
+                                            w.kv_format == KvFormat::kFp8DsMla);
+  check(cudaGetLastError(), "fill_fp8_kernel launch");
+}
+
 double median(std::vector<double> v) {
   std::nth_element(v.begin(), v.begin() + v.size() / 2, v.end());
   return v[v.size() / 2];
@@ -208,15 +260,18 @@ struct InputSet {
   static size_t q_elems(const BenchWorkload& w) {
     return static_cast<size_t>(w.batch) * w.s_q * w.h_q * kHeadDimQK;
   }
-  static size_t kv_elems(const BenchWorkload& w, const Metadata& m) {
-    return static_cast<size_t>(m.num_pages) * w.page_size * kHeadDimQK;
+  static size_t kv_tokens(const BenchWorkload& w, const Metadata& m) {
+    return static_cast<size_t>(m.num_pages) * w.page_size;
+  }
+  static size_t kv_bytes(const BenchWorkload& w, const Metadata& m) {
+    return kv_tokens(w, m) * kv_token_bytes(w);
   }
   static size_t out_elems(const BenchWorkload& w) {
     return static_cast<size_t>(w.batch) * w.s_q * w.h_q * kHeadDimV;
   }
   static size_t bytes(const BenchWorkload& w, const Metadata& m) {
     const size_t e = dtype_size(w.dtype);
-    return (q_elems(w) + kv_elems(w, m) + out_elems(w)) * e +
+    return (q_elems(w) + out_elems(w)) * e + kv_bytes(w, m) +
            static_cast<size_t>(w.batch) * w.s_q * w.h_q * 4;
   }
 
@@ -228,8 +283,8 @@ struct InputSet {
     lse = std::make_unique<DeviceMemory>(static_cast<size_t>(w.batch) * w.s_q * w.h_q * 4);
     fill_uniform(q->get(), q_elems(w), w.dtype, seed * 3 + 1, stream);
     if (with_kv) {
-      kv = std::make_unique<DeviceMemory>(kv_elems(w, m) * e);
-      fill_uniform(kv->get(), kv_elems(w, m), w.dtype, seed * 3 + 2, stream);
+      kv = std::make_unique<DeviceMemory>(kv_bytes(w, m));
+      fill_kv(kv->get(), kv_tokens(w, m), w, seed * 3 + 2, stream);
     }
   }
 
@@ -238,7 +293,15 @@ struct InputSet {
     const int64_t b = w.batch, s = w.s_q, h = w.h_q;
     DecodeParams p;
     p.q = make_tensor(q->get(), w.dtype, {b, s, h, kHeadDimQK}, dev);
-    p.kv_cache = make_tensor(cache.get(), w.dtype, {m.num_pages, w.page_size, kHeadDimQK}, dev);
+    if (w.kv_format == KvFormat::kSameAsQ) {
+      p.kv_cache = make_tensor(cache.get(), w.dtype, {m.num_pages, w.page_size, kHeadDimQK}, dev);
+    } else {
+      p.kv_cache =
+          make_tensor(cache.get(), DType::kUInt8,
+                      {m.num_pages, w.page_size, static_cast<int64_t>(kv_token_bytes(w))}, dev);
+      p.kv_format = w.kv_format;
+      if (w.kv_format == KvFormat::kFp8E4M3) p.kv_scale = 1.0f / 448;
+    }
     p.block_table = make_tensor(m.block_table->get(), DType::kInt32, {b, m.max_pages}, dev);
     p.seq_lens = make_tensor(m.seq_lens->get(), DType::kInt32, {b}, dev);
     p.out = make_tensor(out->get(), w.dtype, {b, s, h, kHeadDimV}, dev);
@@ -327,7 +390,7 @@ std::vector<BenchResult> bench_step(const BenchOptions& o, const BenchWorkload& 
   const int layers = o.layers;
   // Per layer: its own q / out / lse; KV caches distinct while memory allows, else rotated.
   const size_t e = dtype_size(w.dtype);
-  const size_t kv_bytes = InputSet::kv_elems(w, m) * e;
+  const size_t kv_bytes = InputSet::kv_bytes(w, m);
   std::vector<std::unique_ptr<InputSet>> per_layer;
   for (int l = 0; l < layers; ++l) {
     per_layer.push_back(std::make_unique<InputSet>(w, m, 1000 + l, stream, /*with_kv=*/false));
@@ -336,7 +399,7 @@ std::vector<BenchResult> bench_step(const BenchOptions& o, const BenchWorkload& 
   std::vector<std::unique_ptr<DeviceMemory>> caches;
   for (int c = 0; c < num_caches; ++c) {
     caches.push_back(std::make_unique<DeviceMemory>(kv_bytes));
-    fill_uniform(caches.back()->get(), InputSet::kv_elems(w, m), w.dtype, 5000 + c, stream);
+    fill_kv(caches.back()->get(), InputSet::kv_tokens(w, m), w, 5000 + c, stream);
   }
   const auto ws = make_workspace(w, dev);
   const Workspace workspace{ws->get(), ws->bytes()};
@@ -430,6 +493,7 @@ int run_bench_cuda(const BenchOptions& options) {
   std::vector<std::string> notes;
   for (BenchWorkload& w : workloads) {
     w.dtype = options.workload.dtype;
+    w.kv_format = options.workload.kv_format;
     std::fprintf(stderr, "timing %s...\n", w.name.c_str());
     if (options.layers > 0) {
       const std::vector<BenchResult> rows = bench_step(options, w, stream);

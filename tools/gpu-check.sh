@@ -47,7 +47,7 @@ EOF
 run_tests=1 run_sanitizer=1 run_bench=1 run_model=0
 tools="memcheck,initcheck,racecheck,synccheck"
 # The exhaustive kernel sweeps take minutes under racecheck / initcheck; memcheck runs them all.
-filter='*' slow_filter='*-DecodeGpu.EveryKernelConfiguration:DecodeGpu.Sweep'
+filter='*' slow_filter='*-DecodeGpu.EveryKernelConfiguration:DecodeGpu.Sweep:Fp8Gpu.EveryKernelConfiguration:Fp8Gpu.DecodeShapes'
 sanitizer_timeout=300 level=0 ctest_regex=
 build_dir=build-gpu arch=90 kernels=
 while [[ $# -gt 0 ]]; do

@@ -144,7 +144,9 @@ struct DecodeParams {
   float kv_scale = 1.0f;
   /// fp8_e4m3 only, optional: a one-element fp32 tensor [1] on the call's device holding the
   /// scale (as vLLM passes k_scale); when present it replaces kv_scale (which must stay 1).
-  /// On the CPU a value that is not finite and > 0 is a kDataError.
+  /// On the CPU a value that is not finite and > 0 is a kDataError; on CUDA (read on the
+  /// device) the rows of every request with keys are written as NaN and check_data_errors()
+  /// reports it.
   TensorView kv_scale_tensor;
 };
 
@@ -224,7 +226,9 @@ struct KvCacheWriteParams {
 };
 
 /// CPU: slots outside [-1, num_pages * page_size) are rejected before anything is written.
-/// CUDA: such slots are skipped (never written out of bounds).
+/// CUDA: such slots are skipped (never written out of bounds). fp8_e4m3 with a kv_scale_tensor
+/// whose value is not finite and > 0: the CPU returns kDataError and writes nothing; CUDA (which
+/// reads it on the device) writes every row it would have written as the NaN code 0x7F.
 Status write_kv_cache(const KvCacheWriteParams& params, const ExecConfig& config);
 
 /// Merge two partial attention results over disjoint key sets by their LSEs (natural log):

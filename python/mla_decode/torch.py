@@ -12,7 +12,7 @@ Ops (``torch.ops.mla_decode.*``), each registered with ``torch.library.custom_op
 
 fp8 caches (kv_format "fp8_e4m3" or "fp8_ds_mla", docs/kv_formats.md) may be uint8 or
 float8_e4m3fn tensors; fp8_e4m3's scale is a float or a one-element (or 0-dim) float32 tensor,
-as vLLM's k_scale. CUDA does not serve fp8 caches yet (UnsupportedError).
+as vLLM's k_scale (on CUDA a tensor on the call's device).
     merge_states(out_a, lse_a, out_b, lse_b, out!, lse!?) -> ()
     sparse_decode(q, q_pe?, kv_cache, indices, topk_lengths?, attn_sink?, softmax_scale,
                   out!, lse!?, workspace!?) -> ()      # CPU only for now

@@ -42,9 +42,9 @@ Status write_kv_cache(const char* fn, const detail::KvWriteProblem& problem, int
 Status merge_states(const char* fn, const detail::MergeProblem& problem, int device, void* stream);
 
 // Decode kernel configurations, for tests, benchmarks and `mla-decode kernels`.
-// The names of the registered configurations `device` can run, in registry order (empty when
-// the device is unusable or the backend is not built).
-std::vector<std::string> kernel_names(int device);
+// The names of the registered configurations `device` can run for caches of `format`, in
+// registry order (empty when the device is unusable or the backend is not built).
+std::vector<std::string> kernel_names(int device, KvFormat format = KvFormat::kSameAsQ);
 // Restricts the kernel choice of every later call in the process: `kernel` names the one
 // configuration to use (empty: the chooser decides), `smem_limit` caps the shared memory a block
 // may use (0: the device's limit). Initialised from MLA_CUDA_KERNEL and MLA_CUDA_SMEM_LIMIT,

@@ -72,6 +72,18 @@ MLA_FP8_HD inline uint8_t float_to_fp8_e4m3(float f) {
   return static_cast<uint8_t>(sign | ((e - 1 + 7) << 3) | (q - 8));
 }
 
+// Scale of one fp8_ds_mla block with absolute maximum `amax` (over its finite values): amax / 448,
+// amax clamped below at 1e-4 so that an all-zero block gets a finite positive scale; with `pow2`
+// rounded up to a power of two (then every value still fits: |x| / scale <= 448). One definition
+// for the CPU and CUDA quantisers, so they store the same bytes.
+MLA_FP8_HD inline float ds_mla_scale(float amax, bool pow2) {
+  const float scale = (amax < 1e-4f ? 1e-4f : amax) / kFp8E4M3Max;
+  if (!pow2) return scale;
+  int e = 0;
+  const float m = std::frexp(scale, &e);  // scale = m * 2^e, m in [0.5, 1)
+  return m == 0.5f ? scale : std::ldexp(1.0f, e);
+}
+
 // The fp16 bit pattern of e4m3 code `v` divided by 2^8: both formats have 1 + e + m bits with
 // the exponent bias 7 (e4m3) and 15 (fp16), so shifting exponent and mantissa into place and
 // multiplying the fp16 value by 256 gives the e4m3 value exactly, subnormals included. The NaN

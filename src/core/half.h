@@ -1,27 +1,36 @@
-// Scalar bf16 / fp16 <-> fp32 conversions (round to nearest even), host only. Used by the CPU
-// backends, the test harness and the CLI; vectorised paths use the CPU's own instructions.
+// Scalar bf16 / fp16 <-> fp32 conversions (round to nearest even). Used by the CPU backends, the
+// test harness, the CLI and, through MLA_HALF_HD, CUDA code that must store the same bits as the
+// CPU (the fp8_ds_mla quantiser's RoPE values); vectorised paths use their ISA's instructions.
 #pragma once
 
 #include <cstdint>
 #include <cstring>
 
+#if defined(__CUDACC__)
+#define MLA_HALF_HD __host__ __device__
+#else
+#define MLA_HALF_HD
+#endif
+
 namespace mla::detail {
 
-inline float bits_to_float(uint32_t bits) {
+MLA_HALF_HD inline float bits_to_float(uint32_t bits) {
   float f;
   std::memcpy(&f, &bits, sizeof f);
   return f;
 }
 
-inline uint32_t float_to_bits(float f) {
+MLA_HALF_HD inline uint32_t float_to_bits(float f) {
   uint32_t bits;
   std::memcpy(&bits, &f, sizeof bits);
   return bits;
 }
 
-inline float bf16_to_float(uint16_t h) { return bits_to_float(static_cast<uint32_t>(h) << 16); }
+MLA_HALF_HD inline float bf16_to_float(uint16_t h) {
+  return bits_to_float(static_cast<uint32_t>(h) << 16);
+}
 
-inline uint16_t float_to_bf16(float f) {
+MLA_HALF_HD inline uint16_t float_to_bf16(float f) {
   uint32_t bits = float_to_bits(f);
   if ((bits & 0x7fffffffu) > 0x7f800000u)
     return static_cast<uint16_t>((bits >> 16) | 0x40);  // quiet NaN
@@ -29,7 +38,7 @@ inline uint16_t float_to_bf16(float f) {
   return static_cast<uint16_t>(bits >> 16);
 }
 
-inline float fp16_to_float(uint16_t h) {
+MLA_HALF_HD inline float fp16_to_float(uint16_t h) {
   const uint32_t sign = static_cast<uint32_t>(h & 0x8000u) << 16;
   const uint32_t exp = (h >> 10) & 0x1fu;
   uint32_t mant = h & 0x3ffu;
@@ -41,7 +50,7 @@ inline float fp16_to_float(uint16_t h) {
   return sign ? -v : v;
 }
 
-inline uint16_t float_to_fp16(float f) {
+MLA_HALF_HD inline uint16_t float_to_fp16(float f) {
   const uint32_t bits = float_to_bits(f);
   const uint16_t sign = static_cast<uint16_t>((bits >> 16) & 0x8000u);
   const uint32_t abs = bits & 0x7fffffffu;

@@ -29,7 +29,7 @@ Status write_kv_cache(const char* fn, const detail::KvWriteProblem&, int, void*)
 Status merge_states(const char* fn, const detail::MergeProblem&, int, void*) {
   return unsupported(fn);
 }
-std::vector<std::string> kernel_names(int) { return {}; }
+std::vector<std::string> kernel_names(int, KvFormat) { return {}; }
 KernelOverride kernel_override() { return {}; }
 void set_kernel_override(const KernelOverride&) {}
 

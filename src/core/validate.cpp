@@ -430,16 +430,6 @@ Status check_kv_format(const char* fn, KvFormat format, const TensorView& kv_cac
   return Status();
 }
 
-// The CUDA kernels read bf16/fp16 caches only so far: fp8 formats are refused before anything is
-// launched or written.
-Status check_kv_format_supported(const char* fn, KvFormat format, Device device) {
-  if (device.type == DeviceType::kCUDA && format != KvFormat::kSameAsQ) {
-    return argument_error(StatusCode::kUnsupported, fn, "kv_format", kv_format_name(format),
-                          " is not supported on CUDA yet");
-  }
-  return Status();
-}
-
 Status check_workspace(const char* fn, const Workspace& ws, size_t required) {
   if (ws.bytes < required) {
     return invalid_argument(fn, "workspace", ws.bytes, " bytes given, workspace_size() requires ",
@@ -497,7 +487,6 @@ Status validate_decode(const char* fn, const DecodeParams& p, DecodeProblem* pro
                                      {"kv_scale_tensor", &p.kv_scale_tensor}}));
   MLA_RETURN_IF_ERROR(check_softmax_scale(fn, p.softmax_scale));
   MLA_RETURN_IF_ERROR(check_cuda_rows(fn, device, p.q, p.q_pe, p.kv_cache, p.out));
-  MLA_RETURN_IF_ERROR(check_kv_format_supported(fn, p.kv_format, device));
 
   DecodeProblem& pr = *problem;
   pr = DecodeProblem{};
@@ -601,7 +590,6 @@ Status validate_kv_write(const char* fn, const KvCacheWriteParams& p, KvWritePro
     MLA_RETURN_IF_ERROR(check_rows_aligned_16(fn, "k_pe", p.k_pe));
     MLA_RETURN_IF_ERROR(check_rows_aligned_16(fn, "kv_cache", p.kv_cache));
   }
-  MLA_RETURN_IF_ERROR(check_kv_format_supported(fn, p.kv_format, device));
   KvWriteProblem& pr = *problem;
   pr = KvWriteProblem{};
   pr.num_tokens = tokens;

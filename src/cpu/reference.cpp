@@ -73,17 +73,6 @@ void reference_decode(const DecodeProblem& p) {
 
 namespace {
 
-// Scale of one fp8_ds_mla block with absolute maximum `amax` (over its finite values): amax / 448,
-// amax clamped below at 1e-4 so that an all-zero block gets a finite positive scale; with `pow2`
-// rounded up to a power of two (then every value still fits: |x| / scale <= 448).
-float ds_mla_scale(float amax, bool pow2) {
-  const float scale = std::max(amax, 1e-4f) / detail::kFp8E4M3Max;
-  if (!pow2) return scale;
-  int e = 0;
-  const float m = std::frexp(scale, &e);  // scale = m * 2^e, m in [0.5, 1)
-  return m == 0.5f ? scale : std::ldexp(1.0f, e);
-}
-
 // Quantises token t of `p` into the fp8 cache row `dst` (bytes).
 void quantize_token(const detail::KvWriteProblem& p, int64_t t, uint8_t* dst) {
   float x[kHeadDimQK];
@@ -102,7 +91,7 @@ void quantize_token(const detail::KvWriteProblem& p, int64_t t, uint8_t* dst) {
     for (int d = i * detail::kDsMlaBlock; d < (i + 1) * detail::kDsMlaBlock; ++d) {
       if (std::isfinite(x[d])) amax = std::max(amax, std::fabs(x[d]));
     }
-    scales[i] = ds_mla_scale(amax, p.pow2_scale);
+    scales[i] = detail::ds_mla_scale(amax, p.pow2_scale);
     for (int d = i * detail::kDsMlaBlock; d < (i + 1) * detail::kDsMlaBlock; ++d) {
       dst[d] = detail::float_to_fp8_e4m3(x[d] / scales[i]);
     }

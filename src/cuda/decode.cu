@@ -38,7 +38,8 @@ struct LaunchPlan {
   WorkspaceLayout layout;
 };
 
-Status make_plan(int device, int32_t batch, int32_t rows, detail::ElemType elem, LaunchPlan* plan) {
+Status make_plan(int device, int32_t batch, int32_t rows, detail::ElemType elem, detail::KvType kv,
+                 LaunchPlan* plan) {
   DeviceInfo info;
   MLA_RETURN_IF_ERROR(device_info(device, &info));
   const ActiveOverride o = active_override();
@@ -47,17 +48,19 @@ Status make_plan(int device, int32_t batch, int32_t rows, detail::ElemType elem,
   const char* only = o.kernel[0] != '\0' ? o.kernel : nullptr;
   plan->device = device;
   plan->pdl = info.major >= 9;
-  plan->kernel = choose_kernel(info, rows, elem, smem_limit, only);
+  plan->kernel = choose_kernel(info, rows, elem, kv, smem_limit, only);
   if (plan->kernel == nullptr) {
     std::string why = "CUDA device " + std::to_string(device) + " (compute capability " +
                       std::to_string(info.major) + "." + std::to_string(info.minor) + ", " +
                       std::to_string(smem_limit) + " bytes of shared memory per block)";
+    const std::string cache =
+        std::string(" for kv_format ") + kv_format_name(static_cast<KvFormat>(kv));
     if (only != nullptr) {
-      return Status(StatusCode::kUnsupported, why + " cannot run MLA_CUDA_KERNEL=" + only +
+      return Status(StatusCode::kUnsupported, why + " cannot run MLA_CUDA_KERNEL=" + only + cache +
                                                   " (or it is not a registered configuration; "
                                                   "`mla-decode kernels` lists them)");
     }
-    return Status(StatusCode::kUnsupported, why + " fits no decode kernel");
+    return Status(StatusCode::kUnsupported, why + " fits no decode kernel" + cache);
   }
   // Every CTA of the grid (num_parts x row tiles) is resident at once: one per SM.
   const int rows_per_cta = plan->kernel->rows_per_cta;
@@ -101,6 +104,8 @@ std::string error_message(const ErrorInfo& e) {
     case DataError::kBadPage:
       return "argument 'block_table': block_table[" + req + "][" + value +
              "] is outside [0, num_pages)" + nan;
+    case DataError::kBadKvScale:
+      return "argument 'kv_scale_tensor': kv_scale_tensor[0] is not finite and > 0" + nan;
   }
   return "unknown data error code";
 }
@@ -119,13 +124,26 @@ int device_count() {
 }
 
 Status workspace_size(const char* fn, const DecodeShape& shape, int device, size_t* bytes) {
-  LaunchPlan plan;
-  // The element type does not change the choice: every configuration has both.
-  MLA_RETURN_IF_ERROR(detail::with_context(
-      fn,
-      make_plan(device, static_cast<int32_t>(shape.batch),
-                static_cast<int32_t>(shape.s_q * shape.h_q), detail::ElemType::kBFloat16, &plan)));
-  *bytes = plan.layout.bytes;
+  // The element type does not change the choice (every configuration has both), but the KV
+  // format may (fp8 caches have their own tiles), and the shape does not say which format the
+  // calls will use: the largest layout serves them all. A format no configuration serves within
+  // the limits (only possible with an override) is left to decode() to report.
+  size_t largest = 0;
+  Status first;
+  for (detail::KvType kv :
+       {detail::KvType::kHalf, detail::KvType::kFp8E4M3, detail::KvType::kFp8DsMla}) {
+    LaunchPlan plan;
+    const Status s = make_plan(device, static_cast<int32_t>(shape.batch),
+                               static_cast<int32_t>(shape.s_q * shape.h_q),
+                               detail::ElemType::kBFloat16, kv, &plan);
+    if (s.ok()) {
+      largest = std::max(largest, plan.layout.bytes);
+    } else if (kv == detail::KvType::kHalf) {
+      first = s;
+    }
+  }
+  if (largest == 0) return detail::with_context(fn, first);
+  *bytes = largest;  // written only on success
   return Status();
 }
 
@@ -133,7 +151,7 @@ Status decode(const char* fn, const detail::DecodeProblem& p, int device, const 
               DecodeStage stage, void* stream) {
   LaunchPlan plan;
   MLA_RETURN_IF_ERROR(
-      detail::with_context(fn, make_plan(device, p.batch, p.rows(), p.dtype, &plan)));
+      detail::with_context(fn, make_plan(device, p.batch, p.rows(), p.dtype, p.kv_type, &plan)));
   MLA_RETURN_IF_ERROR(detail::check_workspace(fn, ws, plan.layout.bytes));
   if (p.batch == 0) return Status();
   MLA_RETURN_IF_ERROR(check_pointer_device(fn, "out", p.out, device));

@@ -1,7 +1,8 @@
 // KV cache write (vLLM's concat_and_cache_mla): scatter each new token's 512 latent + 64 RoPE
 // values into its paged-cache row. Pure data movement, so one thread moves one 16-byte chunk:
 // a 576-element row is 72 chunks (64 from kv_c, 8 from k_pe), and consecutive threads touch
-// consecutive chunks of the same row, so loads and stores coalesce.
+// consecutive chunks of the same row, so loads and stores coalesce. fp8 caches are quantised by
+// kv_write_fp8.cu.
 #include <cuda_runtime.h>
 
 #include <climits>
@@ -12,6 +13,7 @@
 #include "cuda/common/check.h"
 #include "cuda/common/device.h"
 #include "cuda/common/launch.h"
+#include "cuda/kv_write.h"
 
 namespace mla::cuda {
 namespace {
@@ -61,6 +63,10 @@ Status write_kv_cache(const char* fn, const KvWriteProblem& problem, int device,
   int page_shift = 0;
   while ((1 << page_shift) < problem.page_size) ++page_shift;
   const int64_t capacity = static_cast<int64_t>(problem.num_pages) * problem.page_size;
+  if (problem.kv_type != detail::KvType::kHalf) {
+    return detail::with_context(
+        fn, launch_write_kv_fp8(problem, page_shift, capacity, static_cast<cudaStream_t>(stream)));
+  }
   return detail::with_context(
       fn, launch_kernel("write_kv_kernel", &write_kv_kernel, dim3(static_cast<unsigned>(blocks)),
                         dim3(kThreads), 0, static_cast<cudaStream_t>(stream), false, problem,

@@ -16,6 +16,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <mutex>
+#include <type_traits>
 
 #include "cuda/common/elem.cuh"
 #include "cuda/registry.h"
@@ -27,13 +28,24 @@
 namespace mla::cuda {
 namespace {
 
+// The KV format of a configuration: Cfg::kKv where the family has fp8 variants, else the 16-bit
+// cache of q's type.
+template <typename Cfg, typename = void>
+struct KvOf {
+  static constexpr detail::KvType kValue = detail::KvType::kHalf;
+};
+template <typename Cfg>
+struct KvOf<Cfg, std::void_t<decltype(Cfg::kKv)>> {
+  static constexpr detail::KvType kValue = Cfg::kKv;
+};
+
 template <typename Cfg, typename Traits>
 KernelEntry entry(const char* name, int arch) {
   return KernelEntry{name,
                      arch,
                      Cfg::kRows,
                      Traits::kElem,
-                     KvFormat::kSameAsQ,
+                     KvOf<Cfg>::kValue,
                      Cfg::kSmemBytes,
                      Cfg::kThreads,
                      &launch_decode<Cfg, Traits>};
@@ -43,6 +55,8 @@ KernelEntry entry(const char* name, int arch) {
 // the first that fits is chosen.
 std::vector<KernelEntry> make_registry() {
   using sm80::Config;
+  constexpr detail::KvType kE4m3 = detail::KvType::kFp8E4M3;
+  constexpr detail::KvType kDsMla = detail::KvType::kFp8DsMla;
   // clang-format off
   return {
 #if MLA_HAVE_SM90
@@ -64,6 +78,24 @@ std::vector<KernelEntry> make_registry() {
       entry<Config<4, 32, 2, 8>, Fp16>("m4n32s2w8", 80),
       entry<Config<1, 32, 2, 4>, Bf16>("m1n32s2w4", 80),
       entry<Config<1, 32, 2, 4>, Fp16>("m1n32s2w4", 80),
+      // fp8 caches: the portable kernel with an fp8 ring and one 16-bit tile (sm80/config.h).
+      // fp8_e4m3's two raw stages take the bytes of one 16-bit stage, so its tiles need what
+      // the 16-bit ones do; fp8_ds_mla's 656-byte tokens do not fit 64-row x 64-token tiles in
+      // 227 KB, so its 64-row tile streams 32-token stages. No 32-row tiles: taller ones serve.
+      entry<Config<4, 64, 2, 8, kE4m3>, Bf16>("m4n64s2w8", 80),
+      entry<Config<4, 64, 2, 8, kE4m3>, Fp16>("m4n64s2w8", 80),
+      entry<Config<1, 64, 2, 8, kE4m3>, Bf16>("m1n64s2w8", 80),
+      entry<Config<1, 64, 2, 8, kE4m3>, Fp16>("m1n64s2w8", 80),
+      entry<Config<4, 32, 2, 8, kE4m3>, Bf16>("m4n32s2w8", 80),
+      entry<Config<4, 32, 2, 8, kE4m3>, Fp16>("m4n32s2w8", 80),
+      entry<Config<1, 32, 2, 4, kE4m3>, Bf16>("m1n32s2w4", 80),
+      entry<Config<1, 32, 2, 4, kE4m3>, Fp16>("m1n32s2w4", 80),
+      entry<Config<1, 64, 2, 8, kDsMla>, Bf16>("m1n64s2w8", 80),
+      entry<Config<1, 64, 2, 8, kDsMla>, Fp16>("m1n64s2w8", 80),
+      entry<Config<4, 32, 2, 8, kDsMla>, Bf16>("m4n32s2w8", 80),
+      entry<Config<4, 32, 2, 8, kDsMla>, Fp16>("m4n32s2w8", 80),
+      entry<Config<1, 32, 2, 4, kDsMla>, Bf16>("m1n32s2w4", 80),
+      entry<Config<1, 32, 2, 4, kDsMla>, Fp16>("m1n32s2w4", 80),
   };
   // clang-format on
 }
@@ -101,9 +133,11 @@ const std::vector<KernelEntry>& kernel_registry() {
 }
 
 const KernelEntry* choose_kernel(const DeviceInfo& info, int rows, detail::ElemType elem,
-                                 size_t smem_limit, const char* only) {
+                                 detail::KvType kv, size_t smem_limit, const char* only) {
   const std::vector<KernelEntry>& all = kernel_registry();
-  auto usable = [&](const KernelEntry& e) { return e.elem == elem && e.runs_on(info, smem_limit); };
+  auto usable = [&](const KernelEntry& e) {
+    return e.elem == elem && e.kv_format == kv && e.runs_on(info, smem_limit);
+  };
   if (only != nullptr) {
     for (const KernelEntry& e : all) {
       if (std::strcmp(e.name, only) == 0 && usable(e)) return &e;
@@ -146,11 +180,12 @@ void set_kernel_override(const KernelOverride& o) {
   s.value.smem_limit = o.smem_limit;
 }
 
-std::vector<std::string> kernel_names(int device) {
+std::vector<std::string> kernel_names(int device, KvFormat format) {
   std::vector<std::string> names;
   DeviceInfo info;
   if (!device_info(device, &info).ok()) return names;
   for (const KernelEntry& e : kernel_registry()) {
+    if (static_cast<int>(e.kv_format) != static_cast<int>(format)) continue;
     if (!e.runs_on(info, info.smem_optin)) continue;
     if (names.empty() || names.back() != e.name) names.emplace_back(e.name);
   }

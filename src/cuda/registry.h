@@ -17,9 +17,6 @@
 
 namespace mla::cuda {
 
-// How the KV cache stores a token: today in q's 16-bit type; fp8 e4m3 with a scale later.
-enum class KvFormat { kSameAsQ };
-
 // Enqueues a decode kernel on a grid of (schedule.num_parts, ceil(s_q * h_q / rows_per_cta));
 // `pdl`: as a programmatic dependent launch (sm_90+).
 using LaunchFn = Status (*)(const detail::DecodeProblem& problem, const ScheduleView& schedule,
@@ -31,16 +28,17 @@ template <typename Cfg, typename Traits>
 Status launch_decode(const detail::DecodeProblem& problem, const ScheduleView& schedule,
                      cudaStream_t stream, bool pdl);
 
-// One compiled configuration for one element type. A configuration has one entry per element
-// type, under one name.
+// One compiled configuration for one element type and KV cache format. A configuration has one
+// entry per element type and format it serves, under one name (so MLA_CUDA_KERNEL=m4n32s2w8
+// forces that tile shape for every format it has been compiled for).
 struct KernelEntry {
   const char* name;  // what MLA_CUDA_KERNEL accepts, e.g. "m4n64s2w8" or "sm90n64s2"
   int arch;          // 80: sm_80 and newer; 90: sm_90a, compute capability 9.0 only
   int rows_per_cta;  // packed query rows (s * h_q + h) one CTA serves
   detail::ElemType elem;
-  KvFormat kv_format;
-  size_t smem_bytes;  // dynamic shared memory per CTA
-  int threads;        // per CTA
+  detail::KvType kv_format;  // kHalf: the cache has q's type; else an fp8 layout (core/fp8.h)
+  size_t smem_bytes;         // dynamic shared memory per CTA
+  int threads;               // per CTA
   LaunchFn launch;
 
   // Whether this entry can run on `info`'s device with at most `smem_limit` bytes a block.
@@ -50,15 +48,16 @@ struct KernelEntry {
 // Every registered entry, in the chooser's order of preference among equal tile heights.
 const std::vector<KernelEntry>& kernel_registry();
 
-// The entry serving `rows` = s_q * h_q query rows of `elem` on `info`'s device within
-// `smem_limit` bytes of shared memory a block; with `only` (a registered name) that
+// The entry serving `rows` = s_q * h_q query rows of `elem` from a `kv` cache on `info`'s device
+// within `smem_limit` bytes of shared memory a block; with `only` (a registered name) that
 // configuration alone. nullptr when none fits.
 //
-// The rule: the Hopper (sm_90a) kernel on compute capability 9.0 for more than 32 rows; else
-// the portable kernel with the smallest tile height of 16, 32, 64 that holds the rows, then
-// taller tiles, then shorter ones, each in table order, the first that fits.
+// The rule: the Hopper (sm_90a) kernel on compute capability 9.0 for more than 32 rows (16-bit
+// caches only so far: fp8 caches go to the portable kernel on every architecture); else the
+// portable kernel with the smallest tile height of 16, 32, 64 that holds the rows, then taller
+// tiles, then shorter ones, each in table order, the first that fits.
 const KernelEntry* choose_kernel(const DeviceInfo& info, int rows, detail::ElemType elem,
-                                 size_t smem_limit, const char* only);
+                                 detail::KvType kv, size_t smem_limit, const char* only);
 
 // The configuration override of tests and benchmarks (KernelOverride in core/backends.h). Read
 // from MLA_CUDA_KERNEL / MLA_CUDA_SMEM_LIMIT at the first call that needs it.

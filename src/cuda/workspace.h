@@ -41,6 +41,7 @@ enum class DataError : uint32_t {
   kNegativeSeqLen = 3,  // value: the seq_len
   kSeqLenTooLong = 4,   // value: the seq_len
   kBadPage = 5,         // value: the block-table position of the bad page id
+  kBadKvScale = 6,      // fp8_e4m3's kv_scale_tensor[0] is not finite and > 0; value: 0
 };
 
 // Key of a data error: ordered by request first, so an atomicMin keeps the lowest bad request.

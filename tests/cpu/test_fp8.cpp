@@ -642,34 +642,6 @@ TEST_F(Fp8Validation, Scale) {
   expect_rejected(p, StatusCode::kInvalidArgument, {"'lse'", "kv_scale_tensor"});
 }
 
-// On a CUDA device fp8 formats are refused, naming kv_format, before anything is launched: the
-// views below point at host memory, which a launch would fault on.
-TEST_F(Fp8Validation, CudaRefusesFp8) {
-  const Device cuda{DeviceType::kCUDA, 0};
-  for (bool ds_mla : {false, true}) {
-    HostDecode& h = ds_mla ? ds_ : hd_;
-    DecodeParams p = h.params(cuda, h.q.data(), h.q_pe.data(), h.kv.data(), h.block_table.data(),
-                              h.seq_lens.data(), out_.data(), lse_.data(), &scale_);
-    for (auto* fn : {&decode, &plan, &decode_planned}) {
-      const Status s = (*fn)(p, Workspace{}, ExecConfig{});
-      EXPECT_EQ(s.code(), StatusCode::kUnsupported) << s.message();
-      const std::string expect = std::string("argument 'kv_format': ") +
-                                 (ds_mla ? "fp8_ds_mla" : "fp8_e4m3") +
-                                 " is not supported on CUDA yet";
-      EXPECT_NE(s.message().find(expect), std::string::npos) << s.message();
-    }
-  }
-  WriteSetup w = make_write(KvFormat::kFp8DsMla, 4, 1);
-  KvCacheWriteParams wp = write_params(w, KvFormat::kFp8DsMla);
-  for (TensorView* t : {&wp.kv_c, &wp.k_pe, &wp.slot_mapping, &wp.kv_cache}) t->device = cuda;
-  const Status s = write_kv_cache(wp, {});
-  EXPECT_EQ(s.code(), StatusCode::kUnsupported) << s.message();
-  EXPECT_NE(s.message().find("mla::write_kv_cache: argument 'kv_format': fp8_ds_mla is not "
-                             "supported on CUDA yet"),
-            std::string::npos)
-      << s.message();
-}
-
 TEST(Fp8KvWriteValidation, Arguments) {
   WriteSetup w = make_write(KvFormat::kFp8E4M3, 4, 2);
   const std::vector<uint8_t> before = w.cache;

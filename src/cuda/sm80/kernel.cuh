@@ -16,6 +16,14 @@
 //   C  every warp rescales its output columns by alpha and accumulates P V.
 // Shared memory rows are 16-byte-chunk XOR-swizzled (chunk ^ (row & 7)) so that ldmatrix reads of
 // eight rows hit eight different bank groups.
+//
+// fp8 caches (Cfg::kFp8) add one step after A: the raw tile t is dequantised into the single
+// 16-bit tile (which every warp finished reading in tile t - 1's C phase before arriving at A),
+// then barrier A' makes it visible. The ring issued at A holds raw bytes, and its slot of tile
+// t - 1 was last read by tile t - 1's dequantisation, before A'. fp8_e4m3's per-tensor scale is
+// folded into the logit scale and the output normaliser (the tile holds exact e4m3 values); a
+// device-side scale that is not finite and > 0 makes the request's rows NaN and records
+// kBadKvScale.
 #pragma once
 
 #include <cuda_runtime.h>
@@ -26,6 +34,7 @@
 #include "core/problem.h"
 #include "cuda/common/decode_io.cuh"
 #include "cuda/common/elem.cuh"
+#include "cuda/common/fp8.cuh"
 #include "cuda/common/launch.h"
 #include "cuda/common/ptx.cuh"
 #include "cuda/common/softmax.cuh"
@@ -77,10 +86,18 @@ struct DecodeCta {
     return [base](int row, int chunk) { return base + row_chunk_offset(row, chunk); };
   }
   using Pages = decode_io::KvPages<Cfg::kBlockN, Cfg::kWarps>;
+  // Loads a tile into ring slot `slot`: 16-bit rows into the swizzled tile, or fp8 bytes into
+  // the raw ring.
   __device__ void issue_kv(int32_t b, int64_t tok, int64_t tok_end, int slot, const Pages& pages,
                            bool& bad) const {
-    decode_io::load_kv<Cfg::kBlockN, Cfg::kWarps, Elem>(p, s, b, tok, tok_end, warp, lane, pages,
-                                                        kv_chunk(slot), bad);
+    if constexpr (Cfg::kFp8) {
+      fp8::load_kv_raw<Cfg::kBlockN, Cfg::kWarps, Cfg::kRawRowBytes>(
+          p, s, b, tok, tok_end, warp, lane, pages,
+          ptx::smem_addr(sm().raw) + slot * (Cfg::kBlockN * Cfg::kRawRowBytes), bad);
+    } else {
+      decode_io::load_kv<Cfg::kBlockN, Cfg::kWarps, Elem>(p, s, b, tok, tok_end, warp, lane, pages,
+                                                          kv_chunk(slot), bad);
+    }
   }
 
   // Decodes tokens [tok_begin, tok_end) of request b (tok_begin a multiple of 64) for this CTA's
@@ -90,7 +107,10 @@ struct DecodeCta {
     const int g = lane / 4, c = lane % 4;
     const int band = warp % Cfg::kMTiles, group = warp / Cfg::kMTiles;
     const int num_tiles = static_cast<int>((tok_end - tok_begin + Cfg::kBlockN - 1) / Cfg::kBlockN);
-    const float scale_log2 = p.scale * softmax::kLog2e;
+    // fp8_e4m3: the tile holds code values, so the per-tensor scale multiplies the logits and
+    // the output; 1 for the other formats.
+    const float kv_scale = Cfg::kKv == detail::KvType::kFp8E4M3 ? fp8::kv_scale(p) : 1.0f;
+    const float scale_log2 = p.scale * kv_scale * softmax::kLog2e;
 
     // S-phase rows of this thread: band * 16 + g and + 8.
     int32_t vis[2];
@@ -98,6 +118,12 @@ struct DecodeCta {
     for (int i = 0; i < 2; ++i) vis[i] = decode_io::visible(p, row0 + band * 16 + g + 8 * i, len);
 
     bool bad = false;
+    if (Cfg::kKv == detail::KvType::kFp8E4M3 && !fp8::kv_scale_ok(kv_scale)) {
+      if (threadIdx.x == 0) {
+        atomicMin(&s.header->error_key, error_key(b, DataError::kBadKvScale, 0));
+      }
+      bad = true;
+    }
     decode_io::load_q<Cfg::kRows, Cfg::kWarps, Elem>(p, b, row0, warp, lane, q_chunk());
     auto tile_tok = [&](int tile) { return tok_begin + static_cast<int64_t>(tile) * Cfg::kBlockN; };
     Pages pages;  // page ids of the next tile to issue, loaded a tile ahead
@@ -122,7 +148,8 @@ struct DecodeCta {
         for (int e = 0; e < 4; ++e) acc[mt][nt][e] = 0.0f;
 
     for (int t = 0; t < num_tiles; ++t) {
-      const int slot = t % Cfg::kStages;
+      const int ring_slot = t % Cfg::kStages;
+      const int slot = Cfg::kFp8 ? 0 : ring_slot;  // the 16-bit tile the math reads
       ptx::cp_async_wait<Cfg::kStages - 2>();
       __syncthreads();  // A
       {
@@ -130,6 +157,12 @@ struct DecodeCta {
         if (next < num_tiles) issue_kv(b, tile_tok(next), tok_end, next % Cfg::kStages, pages, bad);
         ptx::cp_async_commit();
         if (next + 1 < num_tiles) pages.load(p, b, tile_tok(next + 1), tok_end, warp);
+      }
+      if constexpr (Cfg::kFp8) {
+        fp8::dequantize_tile<Cfg::kKv, Cfg::kBlockN, Cfg::kThreads, Traits>(
+            sm().raw + ring_slot * (Cfg::kBlockN * Cfg::kRawRowBytes), sm().kv[0],
+            [](int row, int chunk) { return row_chunk_offset(row, chunk); });
+        __syncthreads();  // A'
       }
 
       // ---- S = Q K^T for rows band*16.., tokens group*kSTokens.. ----
@@ -304,7 +337,7 @@ struct DecodeCta {
         float sum = 0.0f;
 #pragma unroll
         for (int gi = 0; gi < Cfg::kSGroups; ++gi) sum += red_sum()[gi * Cfg::kRows + rr];
-        const float inv = sum > 0.0f ? 1.0f / sum : 0.0f;
+        const float inv = sum > 0.0f ? kv_scale / sum : 0.0f;
         const float lse = bad ? CUDART_NAN_F : softmax::natural_lse(row_max()[rr], sum);
         if (r >= rows) continue;
         decode_io::store_row<Cfg::kONTiles, Traits>(
@@ -337,9 +370,9 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1)
 }
 
 // The kernel of configuration Cfg, for launch_decode (common/launch.h).
-template <int kM, int kN, int kS, int kW, typename Traits>
-constexpr DecodeKernel kernel_of(Config<kM, kN, kS, kW>, Traits) {
-  return &decode_kernel<Config<kM, kN, kS, kW>, Traits>;
+template <int kM, int kN, int kS, int kW, detail::KvType kKv, typename Traits>
+constexpr DecodeKernel kernel_of(Config<kM, kN, kS, kW, kKv>, Traits) {
+  return &decode_kernel<Config<kM, kN, kS, kW, kKv>, Traits>;
 }
 
 }  // namespace mla::cuda::sm80
