@@ -38,7 +38,8 @@ Status launch_seesaw(const detail::DecodeProblem& p, const ScheduleView& schedul
   const int row_tiles = (p.s_q * p.h_q + Cfg::kRows - 1) / Cfg::kRows;
   // One row tile reads each page once: stream it through L2. Several read it one after another.
   src.evict_first = row_tiles == 1 ? 1 : 0;
-  auto* kernel = &sm90::seesaw_kernel<Traits>;
+  auto* kernel = p.page_size < Cfg::kBlockN ? &sm90::seesaw_kernel<Traits, true>
+                                            : &sm90::seesaw_kernel<Traits, false>;
   MLA_CUDA_RETURN_IF_ERROR(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                                 static_cast<int>(Cfg::kSmemBytes)));
   return launch_kernel("sm90::seesaw_kernel", kernel, dim3(schedule.num_parts, row_tiles),

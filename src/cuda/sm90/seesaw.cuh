@@ -146,61 +146,93 @@ struct SeesawCta {
 
   // TMA: loads half `half` (0: boxes 0..3, 1: boxes 4..8) of every tile of item (b, tokens
   // [tok_begin, tok_end)), copy warp `half`, in tile order except that the hi half loads each
-  // pair's B before its A (the order in which warpgroup 1 frees them). A tile is one box of
-  // min(page_size, 64) tokens per page holding live tokens and 64-column slab; pages past the
-  // live ones are not read, and a bad page loads nothing (the consumers write NaN rows). The
-  // page ids are read before waiting for the slot (lane j: the tile's page j), so that their
-  // latency is not on the path from a freed slot to its refill.
+  // pair's B before its A (the order in which warpgroup 1 frees them). kMultiPage (page_size <
+  // 64): a tile is one box of page_size tokens per page holding live tokens and 64-column slab,
+  // lane j loading page j's; pages past the live ones are not read. Else one page holds the tile
+  // and lane 0 does everything (the producer has 24 registers: the two cases apart do not spill).
+  // A bad page loads nothing (the consumers write NaN rows). Page ids are read before waiting for
+  // the slot, so that their latency is not on the path from a freed slot to its refill.
+  template <bool kMultiPage>
   __device__ void produce_item_tma(int32_t b, int64_t tok_begin, int64_t tok_end, int half,
                                    int lane) {
-    const int num_tiles = static_cast<int>((tok_end - tok_begin + Cfg::kBlockN - 1) / Cfg::kBlockN);
+    // Token positions fit in int32 (seq_len does).
+    const int32_t first_tok = static_cast<int32_t>(tok_begin);
+    const int32_t end_tok = static_cast<int32_t>(tok_end);
+    const int num_tiles = (end_tok - first_tok + Cfg::kBlockN - 1) / Cfg::kBlockN;
     const int32_t* pages = p.block_table + b * p.block_table_stride;
-    const uint64_t policy =
-        src.evict_first ? async_copy::policy_evict_first() : async_copy::policy_evict_normal();
-    const int page_rows = min(p.page_size, Cfg::kBlockN);
-    const int first_box = half == 0 ? 0 : Cfg::kLoBoxes;
-    const int last_box = half == 0 ? Cfg::kLoBoxes : Cfg::kSlabs;
     for (int i = 0; i < num_tiles; ++i) {
       int t = i;
       if (half == 1) t = (i & 1) ? i - 1 : (i + 1 < num_tiles ? i + 1 : i);
       const int slot = t & 1;
-      // Token positions fit in int32 (seq_len does).
-      const int32_t tok = static_cast<int32_t>(tok_begin) + t * Cfg::kBlockN;
-      const int live = min(Cfg::kBlockN, static_cast<int32_t>(tok_end) - tok);
-      const int num_pages = (live + page_rows - 1) / page_rows;
-      const int32_t my_page =
-          lane < num_pages ? __ldg(pages + ((tok + lane * page_rows) >> p.page_shift)) : 0;
-      const unsigned bad =
-          __ballot_sync(0xffffffffu, lane < num_pages && (my_page < 0 || my_page >= p.num_pages));
-      wait_free(slot, half);
-      if (half == 0 && lane == 0) {
-        sm.slot_bad[slot][0] = bad != 0;
-        if (bad != 0) {
-          const int32_t pos = (tok + (__ffs(bad) - 1) * page_rows) >> p.page_shift;
-          atomicMin(&s.header->error_key, error_key(b, DataError::kBadPage, pos));
-        }
-      }
-      const int32_t row_in_page = tok & (p.page_size - 1);
-      for (int box = first_box; box < last_box; ++box) {
-        const uint32_t full = addr(sm.full[slot][box]);
+      const int32_t tok = first_tok + t * Cfg::kBlockN;
+      if constexpr (kMultiPage) {
+        // Lane j < live pages holds page j; `bad` the lanes whose page is outside the cache.
+        const bool mine = lane * p.page_size < end_tok - tok && lane * p.page_size < Cfg::kBlockN;
+        const int32_t my_page = mine ? __ldg(pages + (tok >> p.page_shift) + lane) : 0;
+        const unsigned bad =
+            __ballot_sync(0xffffffffu, mine && (my_page < 0 || my_page >= p.num_pages));
+        const unsigned live = __ballot_sync(0xffffffffu, mine);
+        wait_free(slot, half);
         if (lane == 0) {
-          if (bad != 0) {
-            async_copy::mbarrier_arrive(full);
-          } else {
-            async_copy::mbarrier_arrive_expect_tx(full, num_pages * page_rows * 128);
+          if (half == 0) {
+            sm.slot_bad[slot][0] = bad != 0;
+            if (bad != 0) {
+              atomicMin(&s.header->error_key,
+                        error_key(b, DataError::kBadPage, (tok >> p.page_shift) + __ffs(bad) - 1));
+            }
+          }
+          // The bytes of every box first, then lane j issues page j's box of each slab.
+          for (int box = half == 0 ? 0 : Cfg::kLoBoxes;
+               box < (half == 0 ? Cfg::kLoBoxes : Cfg::kSlabs); ++box) {
+            if (bad != 0) {
+              async_copy::mbarrier_arrive(addr(sm.full[slot][box]));
+            } else {
+              async_copy::mbarrier_arrive_expect_tx(addr(sm.full[slot][box]),
+                                                    __popc(live) * p.page_size * 128);
+            }
           }
         }
-        if (bad != 0) continue;
-        for (int j = 0; j < num_pages; ++j) {
-          const int32_t page = __shfl_sync(0xffffffffu, my_page, j);
-          if (lane == 0) {
-            async_copy::tma_load_3d(addr(sm.kv[slot][box]) + j * page_rows * 128, &src.map,
-                                    box * 64, row_in_page, page, full, policy);
+        __syncwarp();
+        if (bad == 0 && mine) {
+          for (int box = half == 0 ? 0 : Cfg::kLoBoxes;
+               box < (half == 0 ? Cfg::kLoBoxes : Cfg::kSlabs); ++box) {
+            async_copy::tma_load_3d(addr(sm.kv[slot][box]) + lane * p.page_size * 128, &src.map,
+                                    box * 64, 0, my_page, addr(sm.full[slot][box]), policy());
+          }
+        }
+      } else {
+        const int32_t page = __ldg(pages + (tok >> p.page_shift));
+        wait_free(slot, half);
+        if (lane == 0) {
+          const bool bad = page < 0 || page >= p.num_pages;
+          if (half == 0) {
+            sm.slot_bad[slot][0] = bad;
+            if (bad) {
+              atomicMin(&s.header->error_key,
+                        error_key(b, DataError::kBadPage, tok >> p.page_shift));
+            }
+          }
+          const int32_t row_in_page = tok & (p.page_size - 1);
+          for (int box = half == 0 ? 0 : Cfg::kLoBoxes;
+               box < (half == 0 ? Cfg::kLoBoxes : Cfg::kSlabs); ++box) {
+            const uint32_t full = addr(sm.full[slot][box]);
+            if (bad) {
+              async_copy::mbarrier_arrive(full);
+            } else {
+              async_copy::mbarrier_arrive_expect_tx(full, Cfg::kSlabBytes);
+              async_copy::tma_load_3d(addr(sm.kv[slot][box]), &src.map, box * 64, row_in_page, page,
+                                      full, policy());
+            }
           }
         }
       }
       __syncwarp();
     }
+  }
+
+  // L2 policy of the streamed cache: read by one row tile only, evict first.
+  __device__ uint64_t policy() const {
+    return src.evict_first ? async_copy::policy_evict_first() : async_copy::policy_evict_normal();
   }
 
   // cp.async (pages below kMinTmaPageSize or a cache without a tensor map): copy warp `cw`
@@ -694,7 +726,9 @@ struct SeesawCta {
   }
 };
 
-template <typename Traits>
+// kSmallPages: page_size < 64, where a TMA tile is one box per page (its own instance, so that
+// the extra producer state does not make the 24-register producer of larger pages spill).
+template <typename Traits, bool kSmallPages>
 __global__ void __launch_bounds__(SeesawConfig::kThreads, 1)
     seesaw_kernel(const __grid_constant__ detail::DecodeProblem p,
                   const __grid_constant__ ScheduleView s, const __grid_constant__ KvSource src) {
@@ -753,7 +787,7 @@ __global__ void __launch_bounds__(SeesawConfig::kThreads, 1)
       decode_io::for_each_item(
           p, s, blockIdx.x, [](int32_t, bool) {},
           [&](int32_t b, int32_t, int64_t tok_begin, int64_t tok_end, const decode_io::RowSink&) {
-            cta.produce_item_tma(b, tok_begin, tok_end, cw, lane);
+            cta.template produce_item_tma<kSmallPages>(b, tok_begin, tok_end, cw, lane);
           });
       return;
     }
