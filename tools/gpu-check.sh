@@ -160,7 +160,7 @@ if [[ $run_model -eq 1 ]]; then
     if MLA_CUDA=ON CMAKE_ARGS="-DCMAKE_CUDA_ARCHITECTURES=$arch" stage "pip install (model)" \
         "$out/ctest.log" 900 python3 -m pip install -q --no-build-isolation --no-deps .; then
       NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 stage "model check" "$out/ctest.log" 900 \
-        python3 -m pytest python/tests/test_deepseek_example.py -m gpu -q -rs
+        python3 -m pytest python/tests/test_deepseek_example.py -m gpu -q -rs -s
       note "$(grep -E '[0-9]+ (passed|failed)' "$out/ctest.log" | tail -1)"
     fi
   else

@@ -41,6 +41,8 @@ STEPS = 32
 
 def check(report):
     # The whole report in the assertion message: the largest differences are what a reader wants.
+    # Printed too, for runs that keep the output (pytest -s, as tools/gpu-check.sh runs them).
+    print("model check report:", json.dumps(report))
     assert report["ok"], json.dumps(report, indent=1)
 
 

@@ -62,9 +62,11 @@ std::vector<KernelEntry> make_registry() {
 #if MLA_HAVE_SM90
       entry<sm90::Config<64, 2>, Bf16>("sm90n64s2", 90),
       entry<sm90::Config<64, 2>, Fp16>("sm90n64s2", 90),
-      // After sm90n64s2, so chosen by name only (MLA_CUDA_KERNEL=sm90ss): 15-22% faster at page
-      // size 64 on the H200, but its cp.async producer (pages < 64) is 1.5-3x slower and
-      // racecheck still reports hazards on it (issue 9).
+      // After sm90n64s2, so chosen by name only (MLA_CUDA_KERNEL=sm90ss) until this tree's
+      // version has run on a GPU: the tested one (39718ae) was 6-17% faster than sm90n64s2 on
+      // every page-64 row of the H200 and racecheck-clean, as fast at page 16 and 36% slower at
+      // page 1; this one restores the producer of 71ce821 (20% faster still) for pages >= 64
+      // (docs/cuda_kernel_notes.md, v7).
       entry<sm90::SeesawConfig, Bf16>("sm90ss", 90),
       entry<sm90::SeesawConfig, Fp16>("sm90ss", 90),
 #endif

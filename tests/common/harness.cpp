@@ -304,6 +304,11 @@ Comparison compare_decode(const HostDecode& hd, const uint16_t* out, const float
   // input type before P @ V, so allow a few output ulps plus an absolute floor.
   const double atol = bf16 ? 8e-3 : 1e-3, rtol = bf16 ? 2e-2 : 4e-3;
   const double cos_tol = bf16 ? 5e-5 : 2e-6;
+  // fp8_ds_mla: the portable CUDA kernel rounds each dequantised value (code x block scale) to
+  // q's 16-bit type before its tensor-core math, so every logit carries up to 2^-8 relative error
+  // per term; over 576 terms that moved lse by up to 3.0e-3 on the H200 (corner cases and shape
+  // sweep, 2026-11-29) against 1e-3 for every other cache. The outputs stay within atol / rtol.
+  const double lse_atol = c.kv_format == KvFormat::kFp8DsMla ? 1e-2 : 1e-3;
   Comparison r;
   double dot = 0, norm_o = 0, norm_r = 0;
   auto record = [&](bool ok, const std::string& what) {
@@ -349,7 +354,7 @@ Comparison compare_decode(const HostDecode& hd, const uint16_t* out, const float
           const int64_t i = lse_index(c, b, s, h);
           const double o = lse[i], e = hd.ref_lse[i];
           ++r.checked;
-          const bool ok = values_match(o, e, 1e-3, 1e-4);
+          const bool ok = values_match(o, e, lse_atol, 1e-4);
           if (!ok) {
             std::ostringstream os;
             os << "lse[" << b << "," << s << "," << h << "] = " << o << ", expected " << e;
