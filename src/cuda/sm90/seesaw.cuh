@@ -230,7 +230,8 @@ struct SeesawCta {
     }
   }
 
-  // L2 policy of the streamed cache: read by one row tile only, evict first.
+  // L2 policy of the KV loads: evict first when one row tile reads the cache (launch.cu), normal
+  // when the request's other row tiles read the same pages soon after.
   __device__ uint64_t policy() const {
     return src.evict_first ? async_copy::policy_evict_first() : async_copy::policy_evict_normal();
   }
