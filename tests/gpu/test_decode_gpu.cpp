@@ -12,12 +12,11 @@
 #include <vector>
 
 #include "core/backends.h"
+#include "gpu_cases.h"
 #include "harness.h"
 
 namespace mla::testing {
 namespace {
-
-constexpr Device kGpu{DeviceType::kCUDA, 0};
 
 class DecodeGpu : public ::testing::Test {
  protected:
@@ -25,28 +24,6 @@ class DecodeGpu : public ::testing::Test {
     if (cuda_device_count() == 0) GTEST_SKIP() << "no CUDA device";
   }
 };
-
-// Restricts the kernel choice for the lifetime of the object (as MLA_CUDA_KERNEL and
-// MLA_CUDA_SMEM_LIMIT do for a whole process), restoring the previous override after.
-class ScopedKernelOverride {
- public:
-  explicit ScopedKernelOverride(const cuda::KernelOverride& o)
-      : previous_(cuda::kernel_override()) {
-    cuda::set_kernel_override(o);
-  }
-  ~ScopedKernelOverride() { cuda::set_kernel_override(previous_); }
-
- private:
-  cuda::KernelOverride previous_;
-};
-
-void expect_case_passes(const DecodeCase& c) {
-  Status status;
-  const Comparison cmp = run_decode_case(c, kGpu, ExecConfig{}, &status);
-  ASSERT_TRUE(status.ok()) << describe(c) << ": " << status.message();
-  EXPECT_TRUE(cmp.ok) << describe(c) << ": " << cmp.failure << " (max_abs " << cmp.max_abs
-                      << ", cos_diff " << cmp.cos_diff << ")";
-}
 
 TEST_F(DecodeGpu, CornerCases) {
   for (const DecodeCase& c : corner_cases()) expect_case_passes(c);

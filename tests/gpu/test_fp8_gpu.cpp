@@ -18,12 +18,12 @@
 #include "core/backends.h"
 #include "core/fp8.h"
 #include "core/half.h"
+#include "gpu_cases.h"
 #include "harness.h"
 
 namespace mla::testing {
 namespace {
 
-constexpr Device kGpu{DeviceType::kCUDA, 0};
 constexpr KvFormat kFormats[] = {KvFormat::kFp8E4M3, KvFormat::kFp8DsMla};
 
 class Fp8Gpu : public ::testing::Test {
@@ -32,28 +32,6 @@ class Fp8Gpu : public ::testing::Test {
     if (cuda_device_count() == 0) GTEST_SKIP() << "no CUDA device";
   }
 };
-
-// As in test_decode_gpu.cpp: the kernel choice restricted for the object's lifetime.
-class ScopedKernelOverride {
- public:
-  explicit ScopedKernelOverride(const cuda::KernelOverride& o)
-      : previous_(cuda::kernel_override()) {
-    cuda::set_kernel_override(o);
-  }
-  ~ScopedKernelOverride() { cuda::set_kernel_override(previous_); }
-
- private:
-  cuda::KernelOverride previous_;
-};
-
-void expect_case_passes(const DecodeCase& c) {
-  Status status;
-  const Comparison cmp = run_decode_case(c, kGpu, ExecConfig{}, &status);
-  ASSERT_TRUE(status.ok()) << describe(c) << ": " << status.message();
-  EXPECT_GT(cmp.checked, 0) << describe(c);
-  EXPECT_TRUE(cmp.ok) << describe(c) << ": " << cmp.failure << " (max_abs " << cmp.max_abs
-                      << ", cos_diff " << cmp.cos_diff << ")";
-}
 
 // Each case in `format`, varying the other knobs from case to case so that the list covers them
 // all: the e4m3 scale as a host float or a device tensor (and not always 1/256), no lse or a
