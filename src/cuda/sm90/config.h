@@ -64,9 +64,9 @@ struct SeesawConfig {
   static constexpr int kLoBoxes = kLatentSlabs / 2;
   static constexpr int kConsumerThreads = 256;
   // + a producer warpgroup (register reallocation, setmaxnreg, moves registers between whole
-  // warpgroups). Consumers need about 220 registers (O alone is 128). With TMA one lane of warp 0
-  // issues the lo boxes and one of warp 1 the hi boxes; with cp.async its four warps each copy 16
-  // tokens of a tile.
+  // warpgroups). Consumers need 240 registers (O alone is 128; at 232 ptxas serialises their
+  // wgmma). With TMA warp 0 issues the lo boxes and warp 1 the hi boxes (one lane per page of a
+  // tile); with cp.async its four warps each copy 16 tokens of a tile.
   static constexpr int kThreads = kConsumerThreads + 128;
   static constexpr int kProducerWarp = kConsumerThreads / 32;
   static constexpr int kCopyWarps = 4;  // cp.async: 16 tokens of a tile each
