@@ -186,13 +186,9 @@ Status decode(const DecodeProblem& p, void* workspace, size_t workspace_bytes, i
       kernels.run_piece(p, piece, scratch + lay.scratch_stride * t);
     }
   });
-  if (sch.merge_rows > 0) {
-    const int merge_threads = static_cast<int>(std::min<int64_t>(num_threads, sch.merge_rows));
-    pool.run(merge_threads, [&](int t) {
-      merge_rows(p, lay, sch, partials, sch.merge_rows * t / merge_threads,
-                 sch.merge_rows * (t + 1) / merge_threads);
-    });
-  }
+  pool.run_ranges(num_threads, sch.merge_rows, [&](int64_t begin, int64_t end) {
+    merge_rows(p, lay, sch, partials, begin, end);
+  });
   return Status();
 }
 

@@ -1,5 +1,7 @@
 #include "cpu/fast/thread_pool.h"
 
+#include <algorithm>
+
 namespace mla::cpu::fast {
 
 ThreadPool& ThreadPool::instance() {
@@ -56,6 +58,13 @@ void ThreadPool::run(int n, const std::function<void(int)>& fn) {
   fn(0);
   std::unique_lock<std::mutex> lock(mutex_);
   done_cv_.wait(lock, [&] { return pending_ == 0; });
+}
+
+void ThreadPool::run_ranges(int max_threads, int64_t count,
+                            const std::function<void(int64_t, int64_t)>& fn) {
+  if (count <= 0) return;
+  const int n = static_cast<int>(std::min<int64_t>(max_threads, count));
+  run(n, [&](int t) { fn(count * t / n, count * (t + 1) / n); });
 }
 
 }  // namespace mla::cpu::fast

@@ -4,6 +4,7 @@
 #pragma once
 
 #include <condition_variable>
+#include <cstdint>
 #include <functional>
 #include <mutex>
 #include <thread>
@@ -17,6 +18,9 @@ class ThreadPool {
   ~ThreadPool();
 
   void run(int n, const std::function<void(int)>& fn);
+
+  // Splits [0, count) into min(max_threads, count) equal ranges and runs fn(begin, end) on each.
+  void run_ranges(int max_threads, int64_t count, const std::function<void(int64_t, int64_t)>& fn);
 
  private:
   void worker_loop(int index);
