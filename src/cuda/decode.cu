@@ -38,8 +38,8 @@ struct LaunchPlan {
   WorkspaceLayout layout;
 };
 
-Status make_plan(int device, int32_t batch, int32_t rows, detail::ElemType elem, detail::KvType kv,
-                 LaunchPlan* plan) {
+Status make_plan(int device, int32_t batch, int32_t rows, int32_t page_size, detail::ElemType elem,
+                 detail::KvType kv, LaunchPlan* plan) {
   DeviceInfo info;
   MLA_RETURN_IF_ERROR(device_info(device, &info));
   const ActiveOverride o = active_override();
@@ -48,7 +48,7 @@ Status make_plan(int device, int32_t batch, int32_t rows, detail::ElemType elem,
   const char* only = o.kernel[0] != '\0' ? o.kernel : nullptr;
   plan->device = device;
   plan->pdl = info.major >= 9;
-  plan->kernel = choose_kernel(info, rows, elem, kv, smem_limit, only);
+  plan->kernel = choose_kernel(info, rows, page_size, elem, kv, smem_limit, only);
   if (plan->kernel == nullptr) {
     std::string why = "CUDA device " + std::to_string(device) + " (compute capability " +
                       std::to_string(info.major) + "." + std::to_string(info.minor) + ", " +
@@ -132,14 +132,17 @@ Status workspace_size(const char* fn, const DecodeShape& shape, int device, size
   Status first;
   for (detail::KvType kv :
        {detail::KvType::kHalf, detail::KvType::kFp8E4M3, detail::KvType::kFp8DsMla}) {
-    LaunchPlan plan;
-    const Status s = make_plan(device, static_cast<int32_t>(shape.batch),
-                               static_cast<int32_t>(shape.s_q * shape.h_q),
-                               detail::ElemType::kBFloat16, kv, &plan);
-    if (s.ok()) {
-      largest = std::max(largest, plan.layout.bytes);
-    } else if (kv == detail::KvType::kHalf) {
-      first = s;
+    // Nor does the shape say the page size, which picks between kernels (registry.h): both ends.
+    for (int32_t page_size : {1, 256}) {
+      LaunchPlan plan;
+      const Status s = make_plan(device, static_cast<int32_t>(shape.batch),
+                                 static_cast<int32_t>(shape.s_q * shape.h_q), page_size,
+                                 detail::ElemType::kBFloat16, kv, &plan);
+      if (s.ok()) {
+        largest = std::max(largest, plan.layout.bytes);
+      } else if (kv == detail::KvType::kHalf && first.ok()) {
+        first = s;
+      }
     }
   }
   if (largest == 0) return detail::with_context(fn, first);
@@ -151,7 +154,7 @@ Status decode(const char* fn, const detail::DecodeProblem& p, int device, const 
               DecodeStage stage, void* stream) {
   LaunchPlan plan;
   MLA_RETURN_IF_ERROR(
-      detail::with_context(fn, make_plan(device, p.batch, p.rows(), p.dtype, p.kv_type, &plan)));
+      detail::with_context(fn, make_plan(device, p.batch, p.rows(), p.page_size, p.dtype, p.kv_type, &plan)));
   MLA_RETURN_IF_ERROR(detail::check_workspace(fn, ws, plan.layout.bytes));
   if (p.batch == 0) return Status();
   MLA_RETURN_IF_ERROR(check_pointer_device(fn, "out", p.out, device));

@@ -62,11 +62,8 @@ std::vector<KernelEntry> make_registry() {
 #if MLA_HAVE_SM90
       entry<sm90::Config<64, 2>, Bf16>("sm90n64s2", 90),
       entry<sm90::Config<64, 2>, Fp16>("sm90n64s2", 90),
-      // After sm90n64s2, so chosen by name only (MLA_CUDA_KERNEL=sm90ss) until this tree's
-      // version has run on a GPU: the tested one (39718ae) was 6-17% faster than sm90n64s2 on
-      // every page-64 row of the H200 and racecheck-clean, as fast at page 16 and 36% slower at
-      // page 1; this one restores the producer of 71ce821 (20% faster still) for pages >= 64
-      // (docs/cuda_kernel_notes.md, v7).
+      // The seesaw kernel: chosen for pages of kSeesawMinPage tokens and more (registry.h);
+      // sm90n64s2 before it serves smaller pages (page 1: 470 against 568 us at h_q 128).
       entry<sm90::SeesawConfig, Bf16>("sm90ss", 90),
       entry<sm90::SeesawConfig, Fp16>("sm90ss", 90),
 #endif
@@ -134,8 +131,9 @@ const std::vector<KernelEntry>& kernel_registry() {
   return registry;
 }
 
-const KernelEntry* choose_kernel(const DeviceInfo& info, int rows, detail::ElemType elem,
-                                 detail::KvType kv, size_t smem_limit, const char* only) {
+const KernelEntry* choose_kernel(const DeviceInfo& info, int rows, int page_size,
+                                 detail::ElemType elem, detail::KvType kv, size_t smem_limit,
+                                 const char* only) {
   const std::vector<KernelEntry>& all = kernel_registry();
   auto usable = [&](const KernelEntry& e) {
     return e.elem == elem && e.kv_format == kv && e.runs_on(info, smem_limit);
@@ -145,6 +143,11 @@ const KernelEntry* choose_kernel(const DeviceInfo& info, int rows, detail::ElemT
       if (std::strcmp(e.name, only) == 0 && usable(e)) return &e;
     }
     return nullptr;
+  }
+  if (page_size >= (rows > 32 ? kSeesawMinPage : kSeesawMinPageFewRows)) {
+    for (const KernelEntry& e : all) {
+      if (e.arch == 90 && std::strcmp(e.name, "sm90ss") == 0 && usable(e)) return &e;
+    }
   }
   if (rows > 32) {
     for (const KernelEntry& e : all) {

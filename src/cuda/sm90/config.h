@@ -100,7 +100,7 @@ struct SeesawConfig {
     uint64_t empty[kSlots][2];  // [slot][half]: half h freed by warpgroup h (128 arrivals)
     uint64_t sa_ready;          // WG0 published m_A, a_A
     uint64_t sb_ready;          // WG1 published m_B, a_B
-    uint64_t pa_ready;          // WG0 stored P_A (at the scale of m_B)
+    uint64_t pa_ready;          // WG0 stored P_A (at the scale of m_A)
     uint64_t pb_ready;          // WG1 stored P_B
     uint64_t q_ready;           // all consumers loaded an item's Q (256 arrivals)
     uint64_t sums_ready;        // all consumers stored their row sums (256 arrivals)

@@ -14,8 +14,8 @@
 //
 // Producer (warpgroup 2). Tile i of a work item (tokens tok_begin + 64 i ...) goes to slot i % 2.
 //   page_size >= 8 and a tensor map: warp 0 issues the lo boxes of every tile, warp 1 the hi
-//   boxes (of each pair's B before its A: warpgroup 1 frees them in that order), each box (one
-//   TMA per page of the tile) on its own "full" mbarrier;
+//   boxes, each in tile order, each box (one TMA per page of the tile) on its own "full"
+//   mbarrier;
 //   smaller pages: each of the four warps cp.asyncs 16 of the 64 tokens once both halves are free
 //   (dead tokens and bad pages zero-filled, never read), then arrives on all nine "full"
 //   barriers once it has issued its next tile (two tiles in flight), or before it would block on
@@ -24,21 +24,27 @@
 // Consumers: tiles A = 2j (slot 0) and B = 2j + 1 (slot 1) form pair j. Running max m and each
 // warpgroup's share of the row sum are in the log2 domain. Warpgroup 0 owns output columns
 // 0..255 (O_L), warpgroup 1 columns 256..511 (O_R), 64 x 256 fp32 each (128 registers a thread).
+// Both halves of slot 0 are freed as soon as softmax B is done, so that tile A' loads while the
+// tensor cores finish pair j's P V_B (v8: before, slot 0's hi half waited for the pair's end).
 //   WG0: S_A = Q K_A^T box by box as the boxes land (lo first; the last pair's P V_B_L finishes
 //        meanwhile, then slot 1's lo half is freed); m_A = max(m, rowmax S_A), a_A = 2^(m - m_A),
 //        P_A = 2^(S_A - m_A); publish m_A, a_A [sa_ready];
-//        O_L = O_L a_A + P_A V_A[:, 0:256] (P_A from registers) [slot 0 lo free];
-//        [wait sb_ready] P_A a_B to shared [pa_ready]; O_L = O_L a_B + P_B V_B[:, 0:256] (P_B
+//        O_L = O_L a_A + P_A V_A[:, 0:256] (P_A from registers), P_A to shared meanwhile
+//        [pa_ready]; [wait sb_ready] [slot 0 lo free]; O_L = O_L a_B + P_B V_B[:, 0:256] (P_B
 //        from shared) [slot 1 lo free, at the next pair].
-//   WG1: S_B = Q K_B^T box by box (hi first) alongside S_A; [wait sa_ready] m_B = max(m_A,
-//        rowmax S_B), a_B = 2^(m_A - m_B), P_B = 2^(S_B - m_B); publish m_B, a_B [sb_ready];
-//        P_B to shared [pb_ready]; O_R = O_R a_A a_B + P_B V_B[:, 256:512] (P_B from registers);
-//        [wait pa_ready] O_R += (P_A a_B) V_A[:, 256:512] [slot 1 hi free, slot 0 hi free].
+//   WG1: [slot 1 hi free: the last pair's P V_B_R is done] S_B = Q K_B^T box by box (hi first)
+//        alongside WG0's softmax; [wait sa_ready, pa_ready] O_R = O_R a_A + P_A V_A[:, 256:512]
+//        (P_A from shared), alongside its softmax: m_B = max(m_A, rowmax S_B), a_B = 2^(m_A - m_B),
+//        P_B = 2^(S_B - m_B); publish m_B, a_B [sb_ready]; [slot 0 hi free];
+//        O_R = O_R a_B + P_B V_B[:, 256:512] (P_B from registers), P_B to shared meanwhile
+//        [pb_ready].
 //   Without a B (an odd last tile) WG1 publishes a_B = 1 and m_B = m_A.
 // Each hand-over mbarrier completes once per pair (pb_ready once per pair with a B); every
-// shared buffer behind one is rewritten only after a later hand-over that its reader arrives on
-// after the read (P_A after sb_ready of the next pair, P_B and m_A after sa_ready, m_B after
-// sb_ready), so no "free" barriers are needed.
+// shared buffer behind one is rewritten only after its reader is done: P_A and m_A, a_A by WG0
+// after S_A' completed, which needs slot 0's hi half, freed by WG1 after its P V_A_R (and its
+// read of m_A); P_B by WG1 after S_B', which needs slot 1's lo half, freed by WG0 after P V_B_L;
+// m_B, a_B by WG1 after sa_ready of the next pair, on which WG0 arrives after reading them. So no
+// "free" barriers are needed.
 //
 // Q: its 512 latent columns in shared memory (cp.async by the consumers, once per item), its 64
 // RoPE columns in registers (the A operand of the S k-steps of box 8): Q (64 KB), the ring
@@ -145,8 +151,8 @@ struct SeesawCta {
   }
 
   // TMA: loads half `half` (0: boxes 0..3, 1: boxes 4..8) of every tile of item (b, tokens
-  // [tok_begin, tok_end)), copy warp `half`, in tile order except that the hi half loads each
-  // pair's B before its A (the order in which warpgroup 1 frees them). kMultiPage (page_size <
+  // [tok_begin, tok_end)), copy warp `half`, in tile order (the order in which warpgroup `half`
+  // frees them). kMultiPage (page_size <
   // 64): a tile is one box of page_size tokens per page holding live tokens and 64-column slab,
   // lane j loading page j's; pages past the live ones are not read. Else one page holds the tile
   // and lane 0 does everything (the producer has 24 registers: the two cases apart do not spill).
@@ -160,9 +166,7 @@ struct SeesawCta {
     const int32_t end_tok = static_cast<int32_t>(tok_end);
     const int num_tiles = (end_tok - first_tok + Cfg::kBlockN - 1) / Cfg::kBlockN;
     const int32_t* pages = p.block_table + b * p.block_table_stride;
-    for (int i = 0; i < num_tiles; ++i) {
-      int t = i;
-      if (half == 1) t = (i & 1) ? i - 1 : (i + 1 < num_tiles ? i + 1 : i);
+    for (int t = 0; t < num_tiles; ++t) {
       const int slot = t & 1;
       const int32_t tok = first_tok + t * Cfg::kBlockN;
       if constexpr (kMultiPage) {
@@ -494,6 +498,29 @@ struct SeesawCta {
     }
   }
 
+  // WG1, rows `row` and `row` + 8: waits for m_A, a_A [sa_ready]; m = m_A, l *= a_A.
+  __device__ void wg1_take_a(int row, float (&m)[2], float (&l)[2], float (&alpha_a)[2]) {
+    async_copy::mbarrier_wait(addr(sm.sa_ready), pairs & 1);
+#pragma unroll
+    for (int i = 0; i < 2; ++i) {
+      alpha_a[i] = sm.row_scale[0][row + 8 * i];
+      m[i] = sm.row_max[0][row + 8 * i];
+      l[i] *= alpha_a[i];
+    }
+  }
+
+  // WG1, rows `row` and `row` + 8: publishes m_B, a_B [sb_ready].
+  __device__ void wg1_publish_b(int row, int c, const float (&m)[2], const float (&alpha_b)[2]) {
+    if (c == 0) {
+#pragma unroll
+      for (int i = 0; i < 2; ++i) {
+        sm.row_max[1][row + 8 * i] = m[i];
+        sm.row_scale[1][row + 8 * i] = alpha_b[i];
+      }
+    }
+    async_copy::mbarrier_arrive(addr(sm.sb_ready));
+  }
+
   // Decodes tokens [tok_begin, tok_end) of request b (tok_begin a multiple of 64) for this CTA's
   // rows and stores them to `sink`. Consumer threads only.
   __device__ void consume_item(int32_t b, int32_t len, int64_t tok_begin, int64_t tok_end,
@@ -555,7 +582,9 @@ struct SeesawCta {
 #pragma unroll
     for (int i = 0; i < kORegs; ++i) o[i] = 0.0f;
     bool bad = false;
-    bool release_b = false;  // WG0: its P V_B of the last pair is still reading slot 1's lo half
+    // A P V of the last pair still reads half `wg` of slot 1 (WG0: P_B V_B_L, WG1: P_B V_B_R);
+    // that half is freed once it completes.
+    bool release_b = false;
 
     for (int t = 0; t < num_tiles; t += 2) {
       const bool has_b = t + 1 < num_tiles;
@@ -602,10 +631,11 @@ struct SeesawCta {
         pack_p(sc, pa);
         rescale(o, alpha);
         issue_pv_rs(o, 0, 0, pa);
-        wgmma::wait_group<0>();
-        wgmma::fence_operands(o);
-        release_half(0, 0);
-        // m_B and a_B (1 without a B); P_A at the scale of m_B for WG1's P V_A_R.
+        // P_A (at the scale of m_A) for WG1's P V_A_R, stored while P V_A_L runs.
+        store_p(pa, 0, band, g, c);
+        wgmma::fence_proxy_async();
+        async_copy::mbarrier_arrive(addr(sm.pa_ready));
+        // m_B and a_B (1 without a B).
         async_copy::mbarrier_wait(addr(sm.sb_ready), pairs & 1);
         float alpha_b[2];
 #pragma unroll
@@ -614,10 +644,9 @@ struct SeesawCta {
           m[i] = sm.row_max[1][band + g + 8 * i];
           l[i] *= alpha_b[i];
         }
-        scale_packed(pa, alpha_b);
-        store_p(pa, 0, band, g, c);
-        wgmma::fence_proxy_async();
-        async_copy::mbarrier_arrive(addr(sm.pa_ready));
+        wgmma::wait_group<0>();
+        wgmma::fence_operands(o);
+        release_half(0, 0);
         if (has_b) {
           rescale(o, alpha_b);
           async_copy::mbarrier_wait(addr(sm.pb_ready), pairs_b & 1);
@@ -625,25 +654,28 @@ struct SeesawCta {
           release_b = true;
         }
       } else {
-        // ---- WG1: S_B (hi boxes first) alongside S_A; softmax once m_A is known ----
+        // ---- WG1: S_B (hi boxes first) alongside WG0's softmax; P_A V_A_R alongside its own ----
+        // The pair with a B and the one without are apart, each with its own waits: ptxas
+        // serialises every wgmma when a wait sits in a branch it cannot match to the branch that
+        // issued (or when S's registers are written while a P V runs on a path without S).
+        wgmma::wait_group<0>();  // the last pair's P V_B_R
+        wgmma::fence_operands(o);
+        if (release_b) {
+          release_half(1, 1);
+          release_b = false;
+        }
         if (has_b) {
           issue_s<Cfg::kLoBoxes, Cfg::kSlabs>(sc, 1, q_rope, true);
           issue_s<0, Cfg::kLoBoxes>(sc, 1, q_rope, false);
-        }
-        async_copy::mbarrier_wait(addr(sm.sa_ready), pairs & 1);
-        float alpha_a[2], alpha_b[2] = {1.0f, 1.0f};
-#pragma unroll
-        for (int i = 0; i < 2; ++i) {
-          alpha_a[i] = sm.row_scale[0][band + g + 8 * i];
-          m[i] = sm.row_max[0][band + g + 8 * i];  // m_A
-        }
-        // Unconditional: ptxas serialises every wgmma when a wait sits in a branch it cannot
-        // match to the branch that issued.
-        wgmma::wait_group<0>();
-        wgmma::fence_operands(sc);
-        if (has_b) {
+          float alpha_a[2];
+          wg1_take_a(band + g, m, l, alpha_a);
+          wgmma::wait_group<0>();  // S_B
+          wgmma::fence_operands(sc);
+          rescale(o, alpha_a);
+          async_copy::mbarrier_wait(addr(sm.pa_ready), pairs & 1);
+          issue_pv_ss(o, 0, 1, 0);
           bad |= finish_s(1, own_tok, len, wg_thread, wg);
-          float tile_max[2], base_[2];
+          float tile_max[2], base_[2], alpha_b[2];
           tile_max_of(sc, lim, c, scale_log2, tile_max);
 #pragma unroll
           for (int i = 0; i < 2; ++i) {
@@ -651,42 +683,31 @@ struct SeesawCta {
             base_[i] = softmax::exp_base(m_new);
             alpha_b[i] = softmax::exp2(m[i] - base_[i]);
             m[i] = m_new;
+            l[i] *= alpha_b[i];
           }
-          float l_b[2] = {0.0f, 0.0f};
-          exp_rows(sc, base_, l_b);
-#pragma unroll
-          for (int i = 0; i < 2; ++i) l[i] = l[i] * alpha_a[i] * alpha_b[i] + l_b[i];
-        } else {
-#pragma unroll
-          for (int i = 0; i < 2; ++i) l[i] *= alpha_a[i];
-        }
-        if (c == 0) {
-#pragma unroll
-          for (int i = 0; i < 2; ++i) {
-            sm.row_max[1][band + g + 8 * i] = m[i];
-            sm.row_scale[1][band + g + 8 * i] = alpha_b[i];
-          }
-        }
-        async_copy::mbarrier_arrive(addr(sm.sb_ready));
-        const float alpha_ab[2] = {alpha_a[0] * alpha_b[0], alpha_a[1] * alpha_b[1]};
-        rescale(o, alpha_ab);
-        if (has_b) {
+          exp_rows(sc, base_, l);
+          wg1_publish_b(band + g, c, m, alpha_b);
           pack_p(sc, pa);
+          wgmma::wait_group<0>();  // P V_A_R
+          wgmma::fence_operands(o);
+          release_half(0, 1);
+          rescale(o, alpha_b);
+          issue_pv_rs(o, 1, 1, pa);
           store_p(pa, 1, band, g, c);
           wgmma::fence_proxy_async();
           async_copy::mbarrier_arrive(addr(sm.pb_ready));
-          issue_pv_rs(o, 1, 1, pa);
-        }
-        async_copy::mbarrier_wait(addr(sm.pa_ready), pairs & 1);
-        issue_pv_ss(o, 0, 1, 0);
-        if (has_b) {
-          wgmma::wait_group<1>();
+          release_b = true;
+        } else {
+          float alpha_a[2];
+          wg1_take_a(band + g, m, l, alpha_a);
+          rescale(o, alpha_a);
+          async_copy::mbarrier_wait(addr(sm.pa_ready), pairs & 1);
+          issue_pv_ss(o, 0, 1, 0);
+          wg1_publish_b(band + g, c, m, {1.0f, 1.0f});
+          wgmma::wait_group<0>();  // P V_A_R
           wgmma::fence_operands(o);
-          release_half(1, 1);
+          release_half(0, 1);
         }
-        wgmma::wait_group<0>();
-        wgmma::fence_operands(o);
-        release_half(0, 1);
       }
       // The hand-over mbarriers complete once per pair (pb_ready once per pair with a B).
       ++pairs;
@@ -694,7 +715,7 @@ struct SeesawCta {
     }
     wgmma::wait_group<0>();
     wgmma::fence_operands(o);
-    if (release_b) release_half(1, 0);
+    if (release_b) release_half(1, wg);
 
       // ---- epilogue: row sums of both warpgroups; each stores its 256 columns. A bad page seen by
       // either warpgroup travels as a NaN row sum (a NaN sum from NaN inputs gives NaN rows
