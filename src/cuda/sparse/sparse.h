@@ -24,8 +24,10 @@
 
 namespace mla::cuda::sparse {
 
-// Splits carry at least this many gather tiles, so each split's ring has loads in flight.
-inline constexpr int kMinTilesPerSplit = 2;
+// Splits carry at least this many gather tiles. One: a batch-1 call (topk 2048, 32-entry tiles)
+// then spreads over 64 SMs, each gathering its 32 tokens in one round trip, where two tiles a
+// split would leave half of those SMs idle for a second round trip on each of the others.
+inline constexpr int kMinTilesPerSplit = 1;
 
 // How a call's work is cut, from shapes and the SM count only.
 struct Schedule {
