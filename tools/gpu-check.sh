@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Builds mla-decode on a GPU host and checks it there: the `gpu` test suites, the GPU test
 # binary under compute-sanitizer (memcheck, initcheck, racecheck, synccheck; the bar is zero
-# reports), then `mla-decode bench` (spec table, sparse table and a 61-layer step). Needs no network:
-# GoogleTest and CLI11 come from the system or from .deps/ (googletest/, cli11/include/).
+# reports), then `mla-decode bench` (spec table, sparse table and a 61-layer step). Needs no
+# network: GoogleTest and CLI11 come from the system or from .deps/ (googletest/,
+# cli11/include/).
 #
 # Run from the repository root:  bash tools/gpu-check.sh [options]
 # Logs go to $OUT when set (the device runner's output folder), else ./gpu-check-out; at most
