@@ -7,7 +7,8 @@
 // replay is bracketed by its own events. --layers N: one graph holds a whole model step (one
 // plan, then N decode_planned calls over per-layer caches and outputs), timed with and without
 // a cudaMemsetAsync zero-fill of each layer's output, the two graphs replayed alternately so
-// clock drift hits both alike.
+// clock drift hits both alike. --sparse-topk N: sparse_decode per call, as per-call mode
+// (bench_sparse).
 #include <cublas_v2.h>
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -381,6 +382,98 @@ BenchResult bench_call(const BenchOptions& o, const BenchWorkload& w, size_t l2_
   return r;
 }
 
+// Sparse decode (w.sparse_topk > 0), timed as bench_call times decode: each request owns
+// max(seq_len, topk) tokens of a shuffled paged cache and every query token chooses topk distinct
+// ones at random, as an indexer would (the CPU benchmark's inputs, bench_sparse_cpu.cpp). Input
+// sets (q, cache, out, lse; one index list for all) rotate until a replay's gathered tokens
+// were evicted from L2 by the replays before it.
+BenchResult bench_sparse(const BenchOptions& o, const BenchWorkload& w, size_t l2_bytes,
+                         cudaStream_t stream) {
+  const Device dev = o.device;
+  const int topk = w.sparse_topk;
+  const int64_t b = w.batch, s = w.s_q, h = w.h_q;
+  const int context = std::max(w.seq_len, topk);
+  const int64_t pages_per_req = (context + w.page_size - 1) / w.page_size;
+  const int64_t num_pages = std::max<int64_t>(1, pages_per_req * b);
+  std::mt19937 rng(42);
+  std::vector<int32_t> ids(static_cast<size_t>(num_pages));
+  std::iota(ids.begin(), ids.end(), 0);
+  std::shuffle(ids.begin(), ids.end(), rng);
+  std::vector<int32_t> indices(static_cast<size_t>(b * s * topk));
+  std::vector<int32_t> pos(context);
+  for (int64_t r = 0; r < b; ++r) {
+    for (int64_t q = 0; q < s; ++q) {
+      std::iota(pos.begin(), pos.end(), 0);
+      for (int k = 0; k < topk; ++k) {
+        std::swap(pos[k], pos[k + rng() % (context - k)]);
+        const int32_t page = ids[r * pages_per_req + pos[k] / w.page_size];
+        indices[(r * s + q) * topk + k] = page * w.page_size + pos[k] % w.page_size;
+      }
+    }
+  }
+  DeviceMemory d_indices(indices.size() * 4);
+  check(cudaMemcpyAsync(d_indices.get(), indices.data(), indices.size() * 4, cudaMemcpyHostToDevice,
+                        stream),
+        "indices upload");
+  check(cudaStreamSynchronize(stream), "cudaStreamSynchronize");
+
+  const size_t e = dtype_size(w.dtype);
+  const size_t rows = static_cast<size_t>(b * s * h);
+  const size_t kv_elems = static_cast<size_t>(num_pages) * w.page_size * kHeadDimQK;
+  const size_t set_bytes = kv_elems * e + rows * (kHeadDimQK + kHeadDimV) * e + rows * 4;
+  const size_t touched = static_cast<size_t>(b * s * topk) * kHeadDimQK * e;
+  const int wanted = static_cast<int>((4 * l2_bytes + touched - 1) / touched);
+  const int num_sets = std::clamp(std::min(wanted, sets_that_fit(set_bytes, 0.6)), 1, 64);
+  struct SparseSet {
+    std::unique_ptr<DeviceMemory> q, kv, out, lse;
+  };
+  std::vector<SparseSet> sets(num_sets);
+  for (int i = 0; i < num_sets; ++i) {
+    sets[i].q = std::make_unique<DeviceMemory>(rows * kHeadDimQK * e);
+    sets[i].kv = std::make_unique<DeviceMemory>(kv_elems * e);
+    sets[i].out = std::make_unique<DeviceMemory>(rows * kHeadDimV * e);
+    sets[i].lse = std::make_unique<DeviceMemory>(rows * 4);
+    fill_uniform(sets[i].q->get(), rows * kHeadDimQK, w.dtype, 3 * i + 1, stream);
+    fill_uniform(sets[i].kv->get(), kv_elems, w.dtype, 3 * i + 2, stream);
+  }
+  size_t ws_bytes = 0;
+  check(sparse_workspace_size({b, s, h, topk}, dev, ExecConfig{}, &ws_bytes),
+        "sparse_workspace_size");
+  DeviceMemory ws(ws_bytes);
+  const Workspace workspace{ws.get(), ws.bytes()};
+  ExecConfig config;
+  config.stream = stream;
+
+  std::vector<Graph> graphs(num_sets);
+  for (int i = 0; i < num_sets; ++i) {
+    SparseDecodeParams p;
+    p.q = make_tensor(sets[i].q->get(), w.dtype, {b, s, h, kHeadDimQK}, dev);
+    p.kv_cache = make_tensor(sets[i].kv->get(), w.dtype, {num_pages, w.page_size, kHeadDimQK}, dev);
+    p.indices = make_tensor(d_indices.get(), DType::kInt32, {b, s, topk}, dev);
+    p.out = make_tensor(sets[i].out->get(), w.dtype, {b, s, h, kHeadDimV}, dev);
+    p.lse = make_tensor(sets[i].lse->get(), DType::kFloat32, {b, s, h}, dev);
+    p.softmax_scale = 0.0721687836f;
+    capture(stream, &graphs[i],
+            [&] { check(sparse_decode(p, workspace, config), "sparse_decode"); });
+  }
+  auto replay = [&](int i) {
+    check(cudaGraphLaunch(graphs[i % num_sets].exec, stream), "cudaGraphLaunch");
+  };
+  const int iters = choose_iters(o, stream, 0.3, 20, 2000, replay);
+  BenchResult r;
+  r.workload = w;
+  r.variant = "sparse graph";
+  r.time_us = median_event_us(stream, std::max(o.warmup, 1), iters, replay);
+  check(check_data_errors(workspace, dev, config), "data errors");
+  // As the CPU benchmark counts: each query token reads its topk chosen tokens once (shared by
+  // its heads); q read, out written.
+  r.bytes = static_cast<double>(touched) + static_cast<double>(rows) * (kHeadDimQK + kHeadDimV) * e;
+  r.flops = 2.0 * h * static_cast<double>(b * s * topk) * (kHeadDimQK + kHeadDimV);
+  std::fprintf(stderr, "  %s: %d input sets of %.1f MB rotated, %d replays\n", w.name.c_str(),
+               num_sets, set_bytes / 1e6, iters);
+  return r;
+}
+
 // One model step of `layers` decode calls in one graph, with and without a zero-fill of each
 // output before its call. Returns the two rows.
 std::vector<BenchResult> bench_step(const BenchOptions& o, const BenchWorkload& w,
@@ -486,8 +579,10 @@ int run_bench_cuda(const BenchOptions& options) {
   ceilings.copy_gbps = measure_copy_gbps(stream);
   ceilings.compute_tflops = measure_gemm_tflops(stream);
 
-  std::vector<BenchWorkload> workloads =
-      options.table ? spec_table() : std::vector<BenchWorkload>{options.workload};
+  const int topk = options.workload.sparse_topk;
+  std::vector<BenchWorkload> workloads = options.table
+                                             ? (topk > 0 ? sparse_table(topk) : spec_table())
+                                             : std::vector<BenchWorkload>{options.workload};
   if (!options.table && workloads[0].name.empty()) workloads[0].name = "default";
   std::vector<BenchResult> results;
   std::vector<std::string> notes;
@@ -495,7 +590,9 @@ int run_bench_cuda(const BenchOptions& options) {
     w.dtype = options.workload.dtype;
     w.kv_format = options.workload.kv_format;
     std::fprintf(stderr, "timing %s...\n", w.name.c_str());
-    if (options.layers > 0) {
+    if (w.sparse_topk > 0) {
+      results.push_back(bench_sparse(options, w, static_cast<size_t>(prop.l2CacheSize), stream));
+    } else if (options.layers > 0) {
       const std::vector<BenchResult> rows = bench_step(options, w, stream);
       results.insert(results.end(), rows.begin(), rows.end());
       char note[160];

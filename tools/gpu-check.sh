@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Builds mla-decode on a GPU host and checks it there: the `gpu` test suites, the GPU test
 # binary under compute-sanitizer (memcheck, initcheck, racecheck, synccheck; the bar is zero
-# reports), then `mla-decode bench` (spec table and a 61-layer step). Needs no network:
-# GoogleTest and CLI11 come from the system or from .deps/ (googletest/, cli11/include/).
+# reports), then `mla-decode bench` (spec table, sparse table and a 61-layer step). Needs no
+# network: GoogleTest and CLI11 come from the system or from .deps/ (googletest/,
+# cli11/include/).
 #
 # Run from the repository root:  bash tools/gpu-check.sh [options]
 # Logs go to $OUT when set (the device runner's output folder), else ./gpu-check-out; at most
@@ -196,6 +197,8 @@ if [[ $run_bench -eq 1 ]]; then
   : >"$out/bench.txt"
   stage "bench --table" "$out/bench.txt" 300 \
     "$cli" bench --device cuda --table --json "$out/bench-table.json"
+  stage "bench --table --sparse-topk 2048" "$out/bench.txt" 300 \
+    "$cli" bench --device cuda --table --sparse-topk 2048
   if [[ $kernels == all ]]; then
     kernel_list=()
     while IFS= read -r k; do kernel_list+=("$k"); done < <("$cli" kernels)

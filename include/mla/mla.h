@@ -198,9 +198,10 @@ Status decode_planned(const DecodeParams& params, Workspace workspace, const Exe
 /// plan() followed by decode_planned().
 Status decode(const DecodeParams& params, Workspace workspace, const ExecConfig& config);
 
-/// Reports data errors that the device found since the last plan() on this workspace (negative
-/// seq_len, seq_len beyond the block table, page id outside the cache): kDataError naming the
-/// first bad request, else OK. Rows of a bad request were written as NaN. Also reports, first,
+/// Reports data errors that the device found since the last plan() (or sparse_decode()) on this
+/// workspace (negative seq_len, seq_len beyond the block table, page id outside the cache; for
+/// sparse_decode an index or topk_lengths out of range): kDataError naming the first bad request,
+/// else OK. Rows of a bad request were written as NaN. Also reports, first,
 /// a decode_planned() without a matching plan() (see there). Synchronises config.stream on
 /// CUDA; the workspace must be on `device`. On the CPU, decode() rejects bad data up front and
 /// this returns OK.
@@ -270,6 +271,9 @@ inline constexpr int kMaxTopK = 4096;
 /// lse = -inf; with a sink, out = 0 and lse = attn_sink[h] (the lse of the sink alone).
 /// Data errors: an entry of J below -1 or at or beyond num_pages * page_size, or a
 /// topk_lengths[b] outside [0, K]. CPU: rejected with kDataError before anything is written.
+/// CUDA (checked on the device, never read out of bounds): the rows of every query token with a
+/// bad entry (all of request b's for a bad topk_lengths[b]) are written as NaN (out and lse), and
+/// check_data_errors() reports the first bad request.
 /// The cache is bf16/fp16 like decode()'s (the KV format field of the fp8 formats is to be added
 /// here too). out and lse must not share memory with any other argument.
 struct SparseDecodeParams {
@@ -294,12 +298,15 @@ struct SparseDecodeShape {
 };
 
 /// Bytes of workspace sparse_decode() needs on `device` for these shapes (CPU: depends on
-/// config.num_threads too; the reference needs none). CUDA: kUnsupported (not implemented yet).
+/// config.num_threads too; the reference needs none; CUDA: on the device's SM count and shared
+/// memory too, never on indices or topk_lengths, so a call is CUDA-graph capturable).
 Status sparse_workspace_size(const SparseDecodeShape& shape, Device device,
                              const ExecConfig& config, size_t* bytes);
 
 /// Sparse decode (see SparseDecodeParams). Writes every element of out (and lse when given).
-/// CUDA: validated like on the CPU, then kUnsupported before anything is launched or written.
+/// CUDA: asynchronous on config.stream (no host synchronisation); each call resets the
+/// workspace's error flags, which check_data_errors() then reports. A dense plan() held by the
+/// same workspace is lost (decode_planned() on it reports a missing plan).
 Status sparse_decode(const SparseDecodeParams& params, Workspace workspace,
                      const ExecConfig& config);
 

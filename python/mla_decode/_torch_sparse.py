@@ -4,9 +4,9 @@ mla_decode.torch)::
     sparse_decode(q, q_pe?, kv_cache, indices, topk_lengths?, attn_sink?, softmax_scale,
                   out!, lse!?, workspace!?) -> ()
 
-Semantics as mla_decode.sparse.sparse_decode (the returned lse includes the sink). CPU only for
-now: CUDA tensors raise UnsupportedError before anything is written. Without ``workspace`` a
-CPU workspace is allocated per call.
+Semantics as mla_decode.sparse.sparse_decode (the returned lse includes the sink). CPU and CUDA
+tensors (CUDA: on the current stream). Without ``workspace`` one is allocated per call on q's
+device.
 """
 
 from typing import Optional

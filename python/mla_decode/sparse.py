@@ -1,6 +1,6 @@
 """Sparse MLA decode (DeepSeek sparse attention): each query token attends to the cache slots an
-indexer chose for it. Framework-neutral, like mla_decode.decode; CPU only for now (CUDA arrays
-raise UnsupportedError before anything is written).
+indexer chose for it. Framework-neutral, like mla_decode.decode; CPU, and CUDA for bf16/fp16
+caches (the portable sm_80+ kernel).
 
 For request b, query token s, head h, with the entries k < n_b = topk_lengths[b] (all topk when
 topk_lengths is None) whose slot = indices[b, s, k] is not -1 (natural-log LSE)::

@@ -15,7 +15,7 @@ float8_e4m3fn tensors; fp8_e4m3's scale is a float or a one-element (or 0-dim) f
 as vLLM's k_scale (on CUDA a tensor on the call's device).
     merge_states(out_a, lse_a, out_b, lse_b, out!, lse!?) -> ()
     sparse_decode(q, q_pe?, kv_cache, indices, topk_lengths?, attn_sink?, softmax_scale,
-                  out!, lse!?, workspace!?) -> ()      # CPU only for now
+                  out!, lse!?, workspace!?) -> ()
 
 The Python functions below allocate outputs with ``torch.empty`` and call the ops.
 

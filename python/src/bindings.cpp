@@ -475,7 +475,7 @@ NB_MODULE(_C, m) {
       },
       nb::arg("batch"), nb::arg("s_q"), nb::arg("h_q"), nb::arg("topk"), nb::kw_only(),
       nb::arg("cuda"), nb::arg("device_index"), nb::arg("num_threads"),
-      "Bytes of workspace sparse_decode() needs for these shapes (CPU; CUDA: UnsupportedError).");
+      "Bytes of workspace sparse_decode() needs for these shapes on the device.");
 
   m.def(
       "sparse_decode",

@@ -2,6 +2,7 @@
 #include <string>
 
 #include "core/backends.h"
+#include "core/sparse_backends.h"
 
 namespace mla::cuda {
 namespace {
@@ -27,6 +28,13 @@ Status write_kv_cache(const char* fn, const detail::KvWriteProblem&, int, void*)
   return unsupported(fn);
 }
 Status merge_states(const char* fn, const detail::MergeProblem&, int, void*) {
+  return unsupported(fn);
+}
+Status sparse_workspace_size(const char* fn, const SparseDecodeShape&, int, size_t*) {
+  return unsupported(fn);
+}
+Status sparse_decode(const char* fn, const detail::SparseDecodeProblem&, int, const Workspace&,
+                     void*) {
   return unsupported(fn);
 }
 std::vector<std::string> kernel_names(int, KvFormat) { return {}; }

@@ -1,7 +1,6 @@
 // The sparse decode entry points: validate (structure, workspace, then on the CPU the contents
-// of indices and topk_lengths), then run the CPU reference or fast path. The CUDA backend has no
-// sparse kernels yet: CUDA calls are validated like CPU ones and then answered kUnsupported,
-// before anything is launched or written.
+// of indices and topk_lengths), then run the CPU reference or fast path, or hand a CUDA call to
+// the CUDA backend (src/cuda/sparse/), which checks the contents on the device.
 #include "core/entry.h"
 #include "core/sparse_backends.h"
 #include "core/sparse_validate.h"
@@ -10,12 +9,6 @@
 #include "mla/mla.h"
 
 namespace mla {
-namespace {
-
-constexpr const char* kNoCudaSparse =
-    "sparse decode has no CUDA kernels yet (CPU only); nothing was launched or written";
-
-}  // namespace
 
 Status sparse_workspace_size(const SparseDecodeShape& shape, Device device,
                              const ExecConfig& config, size_t* bytes) {
@@ -25,7 +18,7 @@ Status sparse_workspace_size(const SparseDecodeShape& shape, Device device,
     MLA_RETURN_IF_ERROR(detail::check_config(fn, config));
     MLA_RETURN_IF_ERROR(detail::validate_sparse_shape(fn, shape));
     if (device.type == DeviceType::kCUDA) {
-      return detail::argument_error(StatusCode::kUnsupported, fn, "device", kNoCudaSparse);
+      return cuda::sparse_workspace_size(fn, shape, device.index, bytes);
     }
     if (device.type != DeviceType::kCPU) {
       return detail::invalid_argument(fn, "device", "unknown device type ",
@@ -45,7 +38,7 @@ Status sparse_decode(const SparseDecodeParams& params, Workspace workspace,
     MLA_RETURN_IF_ERROR(detail::check_config(fn, config));
     MLA_RETURN_IF_ERROR(detail::validate_sparse_decode(fn, params, &problem, &device));
     if (device.type == DeviceType::kCUDA) {
-      return detail::argument_error(StatusCode::kUnsupported, fn, "q", kNoCudaSparse);
+      return cuda::sparse_decode(fn, problem, device.index, workspace, config.stream);
     }
     const int threads = detail::resolve_threads(config);
     const SparseDecodeShape shape{problem.batch, problem.s_q, problem.h_q, problem.topk};

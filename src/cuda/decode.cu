@@ -106,6 +106,14 @@ std::string error_message(const ErrorInfo& e) {
              "] is outside [0, num_pages)" + nan;
     case DataError::kBadKvScale:
       return "argument 'kv_scale_tensor': kv_scale_tensor[0] is not finite and > 0" + nan;
+    case DataError::kBadIndex:
+      return "argument 'indices': indices[" + req + "][" + std::to_string(e.value / kMaxTopK) +
+             "][" + std::to_string(e.value % kMaxTopK) +
+             "] is outside [-1, num_pages * page_size) (first bad request " + req +
+             "; the rows of its query tokens with a bad entry were written as NaN)";
+    case DataError::kBadTopkLength:
+      return "argument 'topk_lengths': topk_lengths[" + req + "] = " + value +
+             " is outside [0, topk]" + nan;
   }
   return "unknown data error code";
 }
@@ -180,9 +188,12 @@ Status check_data_errors(const char* fn, const Workspace& ws, int device, void* 
                       "cudaMemcpyAsync of the workspace header")));
   MLA_RETURN_IF_ERROR(
       detail::with_context(fn, cuda_status(cudaStreamSynchronize(st), "cudaStreamSynchronize")));
-  // Without a plan the key is whatever the memory held, unless a decode_planned wrote kNoPlan.
+  // Without a plan (or a sparse_decode) the key is whatever the memory held, unless a
+  // decode_planned wrote kNoPlan.
   const unsigned long long no_plan = plan_error_key(DataError::kNoPlan, -1);
-  if (header.magic != kPlanMagic && header.error_key != no_plan) return Status();
+  if (header.magic != kPlanMagic && header.magic != kSparseMagic && header.error_key != no_plan) {
+    return Status();
+  }
   if (header.error_key == kNoError) return Status();
   return Status(StatusCode::kDataError,
                 std::string(fn) + ": " + error_message(decode_error_key(header.error_key)));

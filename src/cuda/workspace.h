@@ -42,7 +42,16 @@ enum class DataError : uint32_t {
   kSeqLenTooLong = 4,   // value: the seq_len
   kBadPage = 5,         // value: the block-table position of the bad page id
   kBadKvScale = 6,      // fp8_e4m3's kv_scale_tensor[0] is not finite and > 0; value: 0
+  // sparse_decode (src/cuda/sparse/):
+  kBadIndex = 7,       // an entry that counts is outside [-1, num_pages * page_size);
+                       // value: s * kMaxTopK + k (sparse_index_position)
+  kBadTopkLength = 8,  // topk_lengths[b] is outside [0, topk]; value: the length
 };
+
+// The value of a kBadIndex key: entry k of query token s (k < kMaxTopK = 4096, s < 16).
+__host__ __device__ inline int32_t sparse_index_position(int32_t s, int32_t k) {
+  return s * kMaxTopK + k;
+}
 
 // Key of a data error: ordered by request first, so an atomicMin keeps the lowest bad request.
 __host__ __device__ inline unsigned long long error_key(int32_t request, DataError reason,
@@ -84,6 +93,9 @@ struct alignas(16) MergeTask {
 
 // Written by plan() ("mla-plan"); any other value means no plan() prepared this workspace.
 inline constexpr unsigned long long kPlanMagic = 0x6e616c702d616c6dull;
+// Written by sparse_decode() ("mla-sprs"): its error key is this call's, but the workspace holds
+// no dense plan (decode_planned on it reports kNoPlan).
+inline constexpr unsigned long long kSparseMagic = 0x737270732d616c6dull;
 
 // The header: the error key, and the fingerprint of the last plan() (its shapes and partition
 // count). decode_planned compares the fingerprint with its own call once per CTA, and each

@@ -561,9 +561,11 @@ TEST(SparseValidation, WorkspaceAndShapes) {
   EXPECT_EQ(bytes, other);
 }
 
-// CUDA tensors: validated, then kUnsupported before anything is launched or written (the
-// memory here is host memory that the call must never touch).
-TEST(SparseValidation, CudaIsUnsupported) {
+// CUDA tensors are validated like CPU ones before the CUDA backend sees them: a host-checkable
+// mistake is named and nothing is launched or written (the memory here is host memory that the
+// call must never touch). Without a usable CUDA device (this suite's machines), a valid call is
+// kUnsupported and writes nothing; tests/gpu/test_sparse_gpu.cpp runs the kernels.
+TEST(SparseValidation, CudaCallsAreValidatedFirst) {
   HostSparse h = small();
   SparseDecodeParams p = h.params();
   const Device cuda{DeviceType::kCUDA, 0};
@@ -579,15 +581,24 @@ TEST(SparseValidation, CudaIsUnsupported) {
        {&p.q, &p.kv_cache, &p.indices, &p.topk_lengths, &p.attn_sink, &p.out, &p.lse}) {
     t->device = cuda;
   }
-  const Status st = sparse_decode(p, Workspace{}, ExecConfig{});
-  EXPECT_EQ(st.code(), StatusCode::kUnsupported) << st.message();
-  EXPECT_NE(st.message().find("mla::sparse_decode: argument 'q': sparse decode has no CUDA"),
-            std::string::npos)
+  auto expect_out_untouched = [&] {
+    for (size_t i = 0; i < h.out.size(); ++i) {
+      ASSERT_EQ(static_cast<uint16_t*>(out->data())[i], kPoison16);
+    }
+    expect_untouched(h, h);
+  };
+  SparseDecodeParams bad = p;
+  bad.softmax_scale = -1.0f;
+  Status st = sparse_decode(bad, Workspace{}, ExecConfig{});
+  EXPECT_EQ(st.code(), StatusCode::kInvalidArgument) << st.message();
+  EXPECT_NE(st.message().find("mla::sparse_decode: argument 'softmax_scale'"), std::string::npos)
       << st.message();
-  for (size_t i = 0; i < h.out.size(); ++i) {
-    ASSERT_EQ(static_cast<uint16_t*>(out->data())[i], kPoison16);
-  }
-  expect_untouched(h, h);
+  expect_out_untouched();
+  if (cuda_device_count() > 0) return;  // the host memory above must not reach a kernel
+  st = sparse_decode(p, Workspace{}, ExecConfig{});
+  EXPECT_EQ(st.code(), StatusCode::kUnsupported) << st.message();
+  EXPECT_EQ(st.message().rfind("mla::sparse_decode: ", 0), 0u) << st.message();
+  expect_out_untouched();
   size_t bytes = 0;
   EXPECT_EQ(sparse_workspace_size({2, 1, 16, 8}, cuda, ExecConfig{}, &bytes).code(),
             StatusCode::kUnsupported);
