@@ -8,8 +8,6 @@
 // covers values [8c, 8c + 8), so a 128-value fp8_ds_mla block is the chunks of 16 consecutive
 // lanes and its absolute maximum is a reduction within each half-warp), and lanes 0..7 the RoPE
 // chunks. Loads are 16 bytes of bf16 / fp16, stores 8 bytes of codes (16 bytes of bf16 RoPE).
-#include <cuda_bf16.h>
-#include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
 #include <climits>
@@ -30,7 +28,7 @@ constexpr int kWarps = 8;
 constexpr int kThreads = kWarps * 32;
 constexpr int kChunk = 8;  // values per lane and step
 
-// The 8 values of a 16-byte chunk of bf16 / fp16, exactly as fp32.
+// The 8 values of a 16-byte chunk of bf16 / fp16, exactly as fp32 (NaN payloads too).
 template <detail::ElemType kType>
 __device__ __forceinline__ void load_chunk(const void* base, int64_t offset, float (&x)[kChunk]) {
   const uint4 v = *reinterpret_cast<const uint4*>(static_cast<const uint16_t*>(base) + offset);
@@ -42,8 +40,10 @@ __device__ __forceinline__ void load_chunk(const void* base, int64_t offset, flo
       x[2 * i] = detail::bf16_to_float(lo);
       x[2 * i + 1] = detail::bf16_to_float(hi);
     } else {
-      x[2 * i] = __half2float(__ushort_as_half(lo));
-      x[2 * i + 1] = __half2float(__ushort_as_half(hi));
+      // core/half.h's conversion, not __half2float, which turns every NaN into one canonical
+      // pattern: a NaN RoPE value keeps its payload in the bf16 it is stored as, as on the CPU.
+      x[2 * i] = detail::fp16_to_float(lo);
+      x[2 * i + 1] = detail::fp16_to_float(hi);
     }
   }
 }

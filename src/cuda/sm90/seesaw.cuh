@@ -25,13 +25,13 @@
 // warpgroup's share of the row sum are in the log2 domain. Warpgroup 0 owns output columns
 // 0..255 (O_L), warpgroup 1 columns 256..511 (O_R), 64 x 256 fp32 each (128 registers a thread).
 // Both halves of slot 0 are freed as soon as softmax B is done, so that tile A' loads while the
-// tensor cores finish pair j's P V_B (v8: before, slot 0's hi half waited for the pair's end).
-//   WG0: S_A = Q K_A^T box by box as the boxes land (lo first; the last pair's P V_B_L finishes
-//        meanwhile, then slot 1's lo half is freed); m_A = max(m, rowmax S_A), a_A = 2^(m - m_A),
-//        P_A = 2^(S_A - m_A); publish m_A, a_A [sa_ready];
+// tensor cores finish pair j's P V_B, and each half of slot 1 as soon as its P V_B is done (v8:
+// before, slot 0's hi half waited for the pair's end and slot 1's lo half for the next S_A).
+//   WG0: S_A = Q K_A^T box by box as the boxes land (lo first); m_A = max(m, rowmax S_A),
+//        a_A = 2^(m - m_A), P_A = 2^(S_A - m_A); publish m_A, a_A [sa_ready];
 //        O_L = O_L a_A + P_A V_A[:, 0:256] (P_A from registers), P_A to shared meanwhile
 //        [pa_ready]; [wait sb_ready] [slot 0 lo free]; O_L = O_L a_B + P_B V_B[:, 0:256] (P_B
-//        from shared) [slot 1 lo free, at the next pair].
+//        from shared) [slot 1 lo free].
 //   WG1: [slot 1 hi free: the last pair's P V_B_R is done] S_B = Q K_B^T box by box (hi first)
 //        alongside WG0's softmax; [wait sa_ready, pa_ready] O_R = O_R a_A + P_A V_A[:, 256:512]
 //        (P_A from shared), alongside its softmax: m_B = max(m_A, rowmax S_B), a_B = 2^(m_A - m_B),
@@ -582,8 +582,7 @@ struct SeesawCta {
 #pragma unroll
     for (int i = 0; i < kORegs; ++i) o[i] = 0.0f;
     bool bad = false;
-    // A P V of the last pair still reads half `wg` of slot 1 (WG0: P_B V_B_L, WG1: P_B V_B_R);
-    // that half is freed once it completes.
+    // WG1: its P V_B_R of the last pair still reads slot 1's hi half, freed once it completes.
     bool release_b = false;
 
     for (int t = 0; t < num_tiles; t += 2) {
@@ -597,14 +596,8 @@ struct SeesawCta {
       float sc[32];
       uint32_t pa[16];
       if (wg == 0) {
-        // ---- WG0: S_A (lo boxes while the last P V_B_L finishes), softmax, P_A V_A_L ----
+        // ---- WG0: S_A, softmax, P_A V_A_L, then P_B V_B_L ----
         issue_s<0, Cfg::kLoBoxes>(sc, 0, q_rope, true);
-        if (release_b) {
-          wgmma::wait_group<Cfg::kLoBoxes>();  // the last pair's P V_B_L, not this S_A
-          wgmma::fence_operands(o);
-          release_half(1, 0);
-          release_b = false;
-        }
         issue_s<Cfg::kLoBoxes, Cfg::kSlabs>(sc, 0, q_rope, false);
         wgmma::wait_group<0>();
         wgmma::fence_operands(sc);
@@ -650,8 +643,12 @@ struct SeesawCta {
         if (has_b) {
           rescale(o, alpha_b);
           async_copy::mbarrier_wait(addr(sm.pb_ready), pairs_b & 1);
+          // Waited for at once, not behind the next S_A (whose boxes may land late), so that
+          // tile B' starts loading as early as it can (v8: 4% less time at h_q <= 64).
           issue_pv_ss(o, 1, 0, 1);
-          release_b = true;
+          wgmma::wait_group<0>();
+          wgmma::fence_operands(o);
+          release_half(1, 0);
         }
       } else {
         // ---- WG1: S_B (hi boxes first) alongside WG0's softmax; P_A V_A_R alongside its own ----
@@ -715,7 +712,7 @@ struct SeesawCta {
     }
     wgmma::wait_group<0>();
     wgmma::fence_operands(o);
-    if (release_b) release_half(1, wg);
+    if (release_b) release_half(1, 1);
 
       // ---- epilogue: row sums of both warpgroups; each stores its 256 columns. A bad page seen by
       // either warpgroup travels as a NaN row sum (a NaN sum from NaN inputs gives NaN rows
