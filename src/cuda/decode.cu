@@ -161,8 +161,8 @@ Status workspace_size(const char* fn, const DecodeShape& shape, int device, size
 Status decode(const char* fn, const detail::DecodeProblem& p, int device, const Workspace& ws,
               DecodeStage stage, void* stream) {
   LaunchPlan plan;
-  MLA_RETURN_IF_ERROR(
-      detail::with_context(fn, make_plan(device, p.batch, p.rows(), p.page_size, p.dtype, p.kv_type, &plan)));
+  MLA_RETURN_IF_ERROR(detail::with_context(
+      fn, make_plan(device, p.batch, p.rows(), p.page_size, p.dtype, p.kv_type, &plan)));
   MLA_RETURN_IF_ERROR(detail::check_workspace(fn, ws, plan.layout.bytes));
   if (p.batch == 0) return Status();
   MLA_RETURN_IF_ERROR(check_pointer_device(fn, "out", p.out, device));

@@ -10,9 +10,11 @@
 // on every spec row). The 16-row tile runs 8 warps (8 tokens of S each) so that each scheduler
 // has two warps to hide latency with (248 us against 259 us for 4 warps with 4 x 32 tokens on
 // the h_q = 16 row). Ampere-class limits (163 KB a block) fall back to 2 stages of 32 tokens,
-// and devices with about 100 KB a block to 16-row tiles for every shape. The Hopper kernel
-// serves more than 32 rows: up to 32, the portable 16- and 32-row tiles do less padded work and
-// measured faster (h_q = 16: 240 against 250 us; h_q = 32: 233 against 237 us).
+// and devices with about 100 KB a block to 16-row tiles for every shape. On Hopper the seesaw
+// kernel (sm90ss) serves pages of 8 tokens and more (32 and more up to 32 rows; registry.h has
+// the H200 figures); below, sm90n64s2 serves more than 32 rows, and up to 32 the portable 16-
+// and 32-row tiles do less padded work and measured faster (H100, h_q = 16: 240 against 250 us;
+// h_q = 32: 233 against 237 us).
 #include <cstdlib>
 #include <cstring>
 #include <mutex>
