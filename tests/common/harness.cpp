@@ -409,7 +409,12 @@ std::vector<float> DeviceDecode::lse_host(const HostDecode& hd) const {
 
 Comparison run_decode_case(const DecodeCase& c, Device device, const ExecConfig& config,
                            Status* status) {
-  const HostDecode hd = make_decode(c);
+  return run_decode_case(make_decode(c), device, config, status);
+}
+
+Comparison run_decode_case(const HostDecode& hd, Device device, const ExecConfig& config,
+                           Status* status) {
+  const DecodeCase& c = hd.c;
   auto upload = [&](const auto& v) {
     const size_t n = v.size() * sizeof(v[0]);
     auto buf = allocate(device, n);

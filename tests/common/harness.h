@@ -147,6 +147,10 @@ Comparison compare_decode(const HostDecode& h, const uint16_t* out, const float*
 // downloads and compares. `status` receives the library's status.
 Comparison run_decode_case(const DecodeCase& c, Device device, const ExecConfig& config,
                            Status* status);
+// The same for a problem already generated (its data and reference), for running one case on
+// several kernel configurations without computing the reference again.
+Comparison run_decode_case(const HostDecode& hd, Device device, const ExecConfig& config,
+                           Status* status);
 
 // The built-in sweeps. level 0: quick smoke (CI), 1: default, 2: exhaustive.
 std::vector<DecodeCase> correctness_sweep(int level);

@@ -36,29 +36,12 @@ TEST_F(DecodeGpu, Sweep) {
 // Each compiled configuration, whatever the card would choose: the Ampere-class fallbacks
 // (shared memory limited) and each Hopper one by name.
 TEST_F(DecodeGpu, EveryKernelConfiguration) {
-  const std::vector<DecodeCase> corners = corner_cases();
-  const std::vector<DecodeCase> sweep = correctness_sweep(0);
-  auto run_all = [&](const std::string& what) {
-    SCOPED_TRACE(what);
-    for (const DecodeCase& c : corners) expect_case_passes(c);
-    for (const DecodeCase& c : sweep) expect_case_passes(c);
-  };
-  {
-    ScopedKernelOverride o({"", 163000});  // A100: m1n32s2w4 / m4n32s2w8
-    run_all("MLA_CUDA_SMEM_LIMIT=163000");
-  }
-  {
-    ScopedKernelOverride o({"", 101376});  // sm_86 / sm_89: 16-row tiles only
-    run_all("MLA_CUDA_SMEM_LIMIT=101376");
-  }
   // Every registered configuration this device runs, also for the shapes it does not serve by
-  // default (the sm_90a kernel on compute capability 9.0 only).
-  const std::vector<std::string> names = cuda::kernel_names(0);
-  EXPECT_FALSE(names.empty());
-  for (const std::string& name : names) {
-    ScopedKernelOverride o({name, 0});
-    run_all("MLA_CUDA_KERNEL=" + name);
-  }
+  // default (the sm_90a kernels on compute capability 9.0 only), and the Ampere-class fallbacks.
+  const std::vector<cuda::KernelOverride> configs = every_configuration(KvFormat::kSameAsQ);
+  EXPECT_GE(configs.size(), 3u);
+  expect_cases_pass_under(corner_cases(), configs);
+  expect_cases_pass_under(correctness_sweep(0), configs);
 }
 
 // The harness's buffers on GPU 0, the workspace sized.

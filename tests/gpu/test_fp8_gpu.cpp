@@ -93,27 +93,11 @@ TEST_F(Fp8Gpu, DecodeShapes) {
 // (shared memory limited) and each registered name with an fp8 row.
 TEST_F(Fp8Gpu, EveryKernelConfiguration) {
   for (KvFormat f : kFormats) {
-    const std::vector<DecodeCase> corners = in_format(corner_cases(), f);
-    const std::vector<DecodeCase> sweep = in_format(correctness_sweep(0), f);
-    auto run_all = [&](const std::string& what) {
-      SCOPED_TRACE(what + " " + kv_format_name(f));
-      for (const DecodeCase& c : corners) expect_case_passes(c);
-      for (const DecodeCase& c : sweep) expect_case_passes(c);
-    };
-    {
-      ScopedKernelOverride o({"", 163000});  // A100
-      run_all("MLA_CUDA_SMEM_LIMIT=163000");
-    }
-    {
-      ScopedKernelOverride o({"", 101376});  // sm_86 / sm_89
-      run_all("MLA_CUDA_SMEM_LIMIT=101376");
-    }
-    const std::vector<std::string> names = cuda::kernel_names(0, f);
-    EXPECT_GE(names.size(), 3u) << kv_format_name(f);
-    for (const std::string& name : names) {
-      ScopedKernelOverride o({name, 0});
-      run_all("MLA_CUDA_KERNEL=" + name);
-    }
+    SCOPED_TRACE(kv_format_name(f));
+    const std::vector<cuda::KernelOverride> configs = every_configuration(f);
+    EXPECT_GE(configs.size(), 5u) << kv_format_name(f);
+    expect_cases_pass_under(in_format(corner_cases(), f), configs);
+    expect_cases_pass_under(in_format(correctness_sweep(0), f), configs);
   }
 }
 
