@@ -18,32 +18,17 @@
 
 #include "core/backends.h"
 #include "core/half.h"
+#include "gpu_cases.h"
 #include "harness.h"
 
 namespace mla::testing {
 namespace {
-
-constexpr Device kGpu{DeviceType::kCUDA, 0};
 
 class SparseGpu : public ::testing::Test {
  protected:
   void SetUp() override {
     if (cuda_device_count() == 0) GTEST_SKIP() << "no CUDA device";
   }
-};
-
-// As in test_decode_gpu.cpp: the kernel choice restricted for the object's lifetime (sparse
-// decode honours the shared-memory cap only).
-class ScopedKernelOverride {
- public:
-  explicit ScopedKernelOverride(const cuda::KernelOverride& o)
-      : previous_(cuda::kernel_override()) {
-    cuda::set_kernel_override(o);
-  }
-  ~ScopedKernelOverride() { cuda::set_kernel_override(previous_); }
-
- private:
-  cuda::KernelOverride previous_;
 };
 
 struct SparseCase {
@@ -428,7 +413,8 @@ TEST_F(SparseGpu, MatchesReference) {
 }
 
 // Every sparse configuration: 2-stage rings (the A100's 163 KB) and 16-head tiles for every
-// h_q (about 100 KB, sm_86 / sm_89), on every case.
+// h_q (about 100 KB, sm_86 / sm_89), on every case (sparse decode honours the override's
+// shared-memory cap only).
 TEST_F(SparseGpu, SmallerCardsConfigurations) {
   for (size_t limit : {size_t{163000}, size_t{101376}}) {
     ScopedKernelOverride o({"", limit});
