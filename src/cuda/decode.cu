@@ -48,7 +48,7 @@ Status make_plan(int device, int32_t batch, int32_t rows, int32_t page_size, det
   const char* only = o.kernel[0] != '\0' ? o.kernel : nullptr;
   plan->device = device;
   plan->pdl = info.major >= 9;
-  plan->kernel = choose_kernel(info, rows, page_size, elem, kv, smem_limit, only);
+  plan->kernel = choose_kernel(info, batch, rows, page_size, elem, kv, smem_limit, only);
   if (plan->kernel == nullptr) {
     std::string why = "CUDA device " + std::to_string(device) + " (compute capability " +
                       std::to_string(info.major) + "." + std::to_string(info.minor) + ", " +

@@ -66,8 +66,8 @@ std::vector<KernelEntry> make_registry() {
       entry<sm90::Config<64, 2>, Fp16>("sm90n64s2", 90),
       // The seesaw kernel: chosen for pages of kSeesawMinPage tokens and more (registry.h);
       // sm90n64s2 before it serves smaller pages (page 1: 470 against 568 us at h_q 128).
-      entry<sm90::SeesawConfig, Bf16>("sm90ss", 90),
-      entry<sm90::SeesawConfig, Fp16>("sm90ss", 90),
+      entry<sm90::SeesawConfig, Bf16>(kSeesawName, 90),
+      entry<sm90::SeesawConfig, Fp16>(kSeesawName, 90),
 #endif
       entry<Config<4, 64, 2, 8>, Bf16>("m4n64s2w8", 80),
       entry<Config<4, 64, 2, 8>, Fp16>("m4n64s2w8", 80),
@@ -133,7 +133,7 @@ const std::vector<KernelEntry>& kernel_registry() {
   return registry;
 }
 
-const KernelEntry* choose_kernel(const DeviceInfo& info, int rows, int page_size,
+const KernelEntry* choose_kernel(const DeviceInfo& info, int batch, int rows, int page_size,
                                  detail::ElemType elem, detail::KvType kv, size_t smem_limit,
                                  const char* only) {
   const std::vector<KernelEntry>& all = kernel_registry();
@@ -146,9 +146,12 @@ const KernelEntry* choose_kernel(const DeviceInfo& info, int rows, int page_size
     }
     return nullptr;
   }
-  if (page_size >= (rows > 32 ? kSeesawMinPage : kSeesawMinPageFewRows)) {
+  const bool seesaw = rows > 32
+                          ? page_size >= kSeesawMinPage
+                          : page_size >= kSeesawMinPageFewRows && batch >= kSeesawMinBatchFewRows;
+  if (seesaw) {
     for (const KernelEntry& e : all) {
-      if (e.arch == 90 && std::strcmp(e.name, "sm90ss") == 0 && usable(e)) return &e;
+      if (e.arch == 90 && std::strcmp(e.name, kSeesawName) == 0 && usable(e)) return &e;
     }
   }
   if (rows > 32) {

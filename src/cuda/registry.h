@@ -48,25 +48,29 @@ struct KernelEntry {
 // Every registered entry, in the chooser's order of preference among equal tile heights.
 const std::vector<KernelEntry>& kernel_registry();
 
-// The entry serving `rows` = s_q * h_q query rows of `elem` from a `kv` cache of `page_size`
-// tokens a page on `info`'s device within `smem_limit` bytes of shared memory a block; with
-// `only` (a registered name) that configuration alone. nullptr when none fits.
+// The entry serving `batch` requests of `rows` = s_q * h_q query rows of `elem` from a `kv`
+// cache of `page_size` tokens a page on `info`'s device within `smem_limit` bytes of shared
+// memory a block; with `only` (a registered name) that configuration alone. nullptr when none
+// fits.
 //
 // The rule (16-bit caches; fp8 caches go to the portable kernel on every architecture so far),
 // on compute capability 9.0: the seesaw kernel (sm90ss) where its TMA producer pays, pages of
-// at least kSeesawMinPage tokens, or kSeesawMinPageFewRows for at most 32 rows; else the first
-// Hopper kernel (sm90n64s2) for more than 32 rows. Otherwise the portable kernel with the smallest
-// tile height of 16, 32, 64 that holds the rows, then taller tiles, then shorter ones, each in
-// table order, the first that fits.
-const KernelEntry* choose_kernel(const DeviceInfo& info, int rows, int page_size,
+// at least kSeesawMinPage tokens, or, for at most 32 rows, kSeesawMinPageFewRows tokens and
+// kSeesawMinBatchFewRows requests; else the first Hopper kernel (sm90n64s2) for more than 32
+// rows. Otherwise the portable kernel with the smallest tile height of 16, 32, 64 that holds the
+// rows, then taller tiles, then shorter ones, each in table order, the first that fits.
+const KernelEntry* choose_kernel(const DeviceInfo& info, int batch, int rows, int page_size,
                                  detail::ElemType elem, detail::KvType kv, size_t smem_limit,
                                  const char* only);
 
 // Measured on the H200 (bench/results/2026-11-30-h200-sm90ss-v8.md, batch 128, 4096 keys): the
 // seesaw kernel against the chooser of before, h_q 128: 428 / 470 us at page 8, 381 / 470 at 16;
-// h_q 16: 219 / 199 at page 8, 200 / 199 at 16, 183 / 200 at 32.
+// h_q 16: 219 / 199 at page 8, 200 / 199 at 16, 183 / 200 at 32; h_q 16 at page 64 and 8192
+// keys: 27.5 / 26.4 us at batch 1, 31.4 / 32.8 at batch 4.
+constexpr const char* kSeesawName = "sm90ss";
 constexpr int kSeesawMinPage = 8;
 constexpr int kSeesawMinPageFewRows = 32;
+constexpr int kSeesawMinBatchFewRows = 4;
 
 // The configuration override of tests and benchmarks (KernelOverride in core/backends.h). Read
 // from MLA_CUDA_KERNEL / MLA_CUDA_SMEM_LIMIT at the first call that needs it.
