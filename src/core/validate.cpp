@@ -377,9 +377,6 @@ static_assert(static_cast<int>(KvType::kHalf) == static_cast<int>(KvFormat::kSam
               static_cast<int>(KvType::kFp8DsMla) == static_cast<int>(KvFormat::kFp8DsMla));
 static_assert(kDsMlaTokenBytes == kFp8DsMlaTokenBytes);
 
-// The KV-format arguments shared by decode and write_kv_cache: a known format, the kv_cache
-// tensor in that format's dtype and row width (bf16/fp16 caches match `ref_name`'s dtype), and
-// the fp8_e4m3 scale given once, as a finite positive float or a one-element fp32 tensor.
 Status check_kv_format(const char* fn, KvFormat format, const TensorView& kv_cache,
                        const char* ref_name, DType ref_dtype, float kv_scale,
                        const TensorView& kv_scale_tensor, Device device) {
@@ -496,10 +493,7 @@ Status validate_decode(const char* fn, const DecodeParams& p, DecodeProblem* pro
   pr.h_q = static_cast<int32_t>(shape.h_q);
   pr.max_pages = static_cast<int32_t>(p.block_table.shape[1]);
   pr.causal = p.causal;
-  pr.kv_type = static_cast<KvType>(p.kv_format);
-  pr.kv_scale = p.kv_scale;
-  pr.kv_scale_ptr =
-      p.kv_scale_tensor.present() ? static_cast<const float*>(p.kv_scale_tensor.data) : nullptr;
+  fill_kv_format(p.kv_format, p.kv_scale, p.kv_scale_tensor, &pr);
   pr.block_table = static_cast<const int32_t*>(p.block_table.data);
   pr.block_table_stride = p.block_table.strides[0];
   pr.seq_lens = static_cast<const int32_t*>(p.seq_lens.data);
@@ -596,10 +590,7 @@ Status validate_kv_write(const char* fn, const KvCacheWriteParams& p, KvWritePro
   pr.page_size = static_cast<int32_t>(page_size);
   pr.num_pages = static_cast<int32_t>(p.kv_cache.shape[0]);
   pr.dtype = p.kv_c.dtype == DType::kBFloat16 ? ElemType::kBFloat16 : ElemType::kFloat16;
-  pr.kv_type = static_cast<KvType>(p.kv_format);
-  pr.kv_scale = p.kv_scale;
-  pr.kv_scale_ptr =
-      p.kv_scale_tensor.present() ? static_cast<const float*>(p.kv_scale_tensor.data) : nullptr;
+  fill_kv_format(p.kv_format, p.kv_scale, p.kv_scale_tensor, &pr);
   pr.pow2_scale = p.ds_mla_pow2_scale;
   pr.kv_c = p.kv_c.data;
   pr.kv_c_stride = p.kv_c.strides[0];

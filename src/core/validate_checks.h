@@ -64,6 +64,24 @@ Status check_softmax_scale(const char* fn, float scale);
 // On CUDA: 16-byte aligned rows of q (and q_pe), kv_cache and out.
 Status check_cuda_rows(const char* fn, Device device, const TensorView& q, const TensorView& q_pe,
                        const TensorView& kv_cache, const TensorView& out);
+// The KV-format arguments shared by decode, sparse decode and write_kv_cache: a known format, the
+// kv_cache tensor in that format's dtype and row width (bf16/fp16 caches match `ref_name`'s
+// dtype), and the fp8_e4m3 scale given once, as a finite positive float or a one-element fp32
+// tensor (kv_scale then stays 1); the other formats keep kv_scale at 1 and take no tensor.
+Status check_kv_format(const char* fn, KvFormat format, const TensorView& kv_cache,
+                       const char* ref_name, DType ref_dtype, float kv_scale,
+                       const TensorView& kv_scale_tensor, Device device);
+
+// The KV-format fields of a validated problem (DecodeProblem, SparseDecodeProblem,
+// KvWriteProblem): its KvType and the fp8_e4m3 scale, as a value or a pointer to the tensor's.
+template <typename Problem>
+void fill_kv_format(KvFormat format, float kv_scale, const TensorView& kv_scale_tensor,
+                    Problem* pr) {
+  pr->kv_type = static_cast<KvType>(format);
+  pr->kv_scale = kv_scale;
+  pr->kv_scale_ptr =
+      kv_scale_tensor.present() ? static_cast<const float*>(kv_scale_tensor.data) : nullptr;
+}
 
 // The fields every decode problem (DecodeProblem, SparseDecodeProblem) takes from q / q_pe,
 // kv_cache, out and lse, once they are validated. A 576-wide q becomes q_nope = q and
