@@ -274,12 +274,15 @@ inline constexpr int kMaxTopK = 4096;
 /// CUDA (checked on the device, never read out of bounds): the rows of every query token with a
 /// bad entry (all of request b's for a bad topk_lengths[b]) are written as NaN (out and lse), and
 /// check_data_errors() reports the first bad request.
-/// The cache is bf16/fp16 like decode()'s (the KV format field of the fp8 formats is to be added
-/// here too). out and lse must not share memory with any other argument.
+/// The cache takes every KvFormat of decode(), with the same layouts and scales (V above is the
+/// dequantised cache). CUDA serves bf16/fp16 caches only so far: a CUDA call with an fp8 format
+/// returns kUnsupported naming kv_format, and nothing is launched or written.
+/// out and lse must not share memory with any other argument.
 struct SparseDecodeParams {
   TensorView q;                ///< [B, S, H, 576] bf16/fp16; or q_nope [B, S, H, 512] with q_pe.
   TensorView q_pe;             ///< Optional [B, S, H, 64], same dtype as q.
-  TensorView kv_cache;         ///< [num_pages, page_size, 576], same dtype as q.
+  TensorView kv_cache;         ///< [num_pages, page_size, 576], same dtype as q; for fp8 formats
+                               ///< uint8 [.., 576] (fp8_e4m3) or [.., 656] (fp8_ds_mla).
   TensorView indices;          ///< [B, S, K] int32: slot = page * page_size + offset, -1 = none.
   TensorView topk_lengths;     ///< Optional [B] int32: only the first topk_lengths[b] entries of
                                ///< request b count.
@@ -287,6 +290,16 @@ struct SparseDecodeParams {
   TensorView out;              ///< [B, S, H, 512], same dtype as q. Written in full.
   TensorView lse;              ///< Optional [B, S, H] fp32, any strides. Written in full if given.
   float softmax_scale = 0.0f;  ///< Must be finite and > 0.
+  /// Storage of kv_cache, as in DecodeParams. V above is the dequantised cache; q, out and lse
+  /// keep their types.
+  KvFormat kv_format = KvFormat::kSameAsQ;
+  /// fp8_e4m3 only: the per-tensor scale (dequantised = stored * kv_scale), finite and > 0.
+  /// Must stay 1 for the other formats.
+  float kv_scale = 1.0f;
+  /// fp8_e4m3 only, optional: a one-element fp32 tensor [1] on the call's device holding the
+  /// scale (as vLLM passes k_scale); when present it replaces kv_scale (which must stay 1).
+  /// On the CPU a value that is not finite and > 0 is a kDataError, and nothing is written.
+  TensorView kv_scale_tensor;
 };
 
 /// Shapes that decide the sparse workspace size.

@@ -1,6 +1,7 @@
-// The sparse decode entry points: validate (structure, workspace, then on the CPU the contents
-// of indices and topk_lengths), then run the CPU reference or fast path, or hand a CUDA call to
-// the CUDA backend (src/cuda/sparse/), which checks the contents on the device.
+// The sparse decode entry points: validate (structure, workspace, then on the CPU the fp8_e4m3
+// scale tensor's value and the contents of indices and topk_lengths), then run the CPU reference
+// or fast path, or hand a CUDA call to the CUDA backend (src/cuda/sparse/), which checks the
+// contents on the device.
 #include "core/entry.h"
 #include "core/sparse_backends.h"
 #include "core/sparse_validate.h"
@@ -45,6 +46,7 @@ Status sparse_decode(const SparseDecodeParams& params, Workspace workspace,
     // The reference needs no workspace.
     const size_t required = config.reference ? 0 : cpu::sparse_workspace_size(shape, threads);
     MLA_RETURN_IF_ERROR(detail::check_workspace(fn, workspace, required));
+    MLA_RETURN_IF_ERROR(detail::resolve_kv_scale(fn, problem.kv_scale_ptr, &problem.kv_scale));
     MLA_RETURN_IF_ERROR(detail::validate_sparse_data(fn, problem));
     if (problem.batch == 0) return Status();
     if (config.reference) {

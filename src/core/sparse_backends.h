@@ -23,8 +23,9 @@ namespace mla::cuda {
 
 // kUnsupported when the build has no CUDA backend (src/core/no_cuda.cpp). Both run on `device`
 // (whatever device is current) and return messages that start with `fn`. The workspace depends
-// on shapes and the device only; sparse_decode checks its size, resets its error key (reported
-// by check_data_errors) and enqueues the kernels on `stream` without a host synchronisation.
+// on shapes and the device only; sparse_decode refuses fp8 caches (kUnsupported naming
+// kv_format), checks the workspace's size, resets its error key (reported by check_data_errors)
+// and enqueues the kernels on `stream` without a host synchronisation.
 Status sparse_workspace_size(const char* fn, const SparseDecodeShape& shape, int device,
                              size_t* bytes);
 Status sparse_decode(const char* fn, const detail::SparseDecodeProblem& problem, int device,

@@ -24,8 +24,13 @@ struct SparseDecodeProblem {
   const void* q_pe;  // [batch, s_q, h_q, 64]
   int64_t q_pe_stride_b, q_pe_stride_s, q_pe_stride_h;
 
-  const void* kv;  // [num_pages, page_size, 576]
-  int64_t kv_stride_page, kv_stride_row;
+  const void* kv;  // [num_pages, page_size, 576] (kHalf, kFp8E4M3) or [.., 656] bytes (kFp8DsMla)
+  int64_t kv_stride_page, kv_stride_row;  // in elements of kv's type (bytes for fp8)
+  KvType kv_type;
+  // kFp8E4M3: the scale (kv_scale_ptr == nullptr) or a pointer to it, as in DecodeProblem; the
+  // CPU entry point resolves a CPU tensor into kv_scale before dispatch. 1 for the other formats.
+  float kv_scale;
+  const float* kv_scale_ptr;
 
   const int32_t* indices;  // [batch, s_q, topk]: slot = page * page_size + offset, -1 = none
   int64_t indices_stride_b, indices_stride_s;
@@ -46,7 +51,8 @@ struct SparseDecodeProblem {
   const int32_t* row_indices(int32_t b, int32_t s) const {
     return indices + b * indices_stride_b + s * indices_stride_s;
   }
-  // Byte-free element offset of the cache token at `slot` (0 <= slot < num_pages * page_size).
+  // Element offset (in elements of kv's type) of the cache token at `slot`
+  // (0 <= slot < num_pages * page_size).
   int64_t slot_offset(int64_t slot) const {
     return (slot >> page_shift) * kv_stride_page + (slot & (page_size - 1)) * kv_stride_row;
   }

@@ -41,14 +41,13 @@ Status validate_sparse_decode(const char* fn, const SparseDecodeParams& p,
                                              {"topk_lengths", &p.topk_lengths},
                                              {"attn_sink", &p.attn_sink},
                                              {"out", &p.out},
-                                             {"lse", &p.lse}}));
+                                             {"lse", &p.lse},
+                                             {"kv_scale_tensor", &p.kv_scale_tensor}}));
   DecodeShape shape;
   MLA_RETURN_IF_ERROR(check_query(fn, p.q, p.q_pe, device, &shape));
   const int64_t batch = shape.batch, s_q = shape.s_q, h_q = shape.h_q;
-  MLA_RETURN_IF_ERROR(check_same_dtype(fn, "kv_cache", p.kv_cache, "q", p.q.dtype));
-  MLA_RETURN_IF_ERROR(check_tensor(fn, "kv_cache", p.kv_cache,
-                                   {"[num_pages, page_size, 576]", 3, {-1, -1, kHeadDimQK}},
-                                   device));
+  MLA_RETURN_IF_ERROR(check_kv_format(fn, p.kv_format, p.kv_cache, "q", p.q.dtype, p.kv_scale,
+                                      p.kv_scale_tensor, device));
   MLA_RETURN_IF_ERROR(check_page_size(fn, p.kv_cache));
 
   MLA_RETURN_IF_ERROR(check_rank(fn, "indices", p.indices));
@@ -73,7 +72,8 @@ Status validate_sparse_decode(const char* fn, const SparseDecodeParams& p,
                                      {"kv_cache", &p.kv_cache},
                                      {"indices", &p.indices},
                                      {"topk_lengths", &p.topk_lengths},
-                                     {"attn_sink", &p.attn_sink}}));
+                                     {"attn_sink", &p.attn_sink},
+                                     {"kv_scale_tensor", &p.kv_scale_tensor}}));
   MLA_RETURN_IF_ERROR(check_softmax_scale(fn, p.softmax_scale));
   MLA_RETURN_IF_ERROR(check_cuda_rows(fn, device, p.q, p.q_pe, p.kv_cache, p.out));
 
@@ -84,6 +84,7 @@ Status validate_sparse_decode(const char* fn, const SparseDecodeParams& p,
   pr.s_q = static_cast<int32_t>(s_q);
   pr.h_q = static_cast<int32_t>(h_q);
   pr.topk = static_cast<int32_t>(topk);
+  fill_kv_format(p.kv_format, p.kv_scale, p.kv_scale_tensor, &pr);
   pr.indices = static_cast<const int32_t*>(p.indices.data);
   pr.indices_stride_b = p.indices.strides[0];
   pr.indices_stride_s = p.indices.strides[1];

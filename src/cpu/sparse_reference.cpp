@@ -1,5 +1,6 @@
 // The CPU reference of sparse decode: SparseDecodeParams' formula written out plainly, double
-// accumulation. The fast path (src/cpu/fast/sparse.cpp) is tested against it.
+// accumulation, every cache format dequantised exactly as the dense reference does
+// (dequantize_token). The fast path (src/cpu/fast/sparse.cpp) is tested against it.
 #include <algorithm>
 #include <cmath>
 #include <limits>
@@ -12,8 +13,12 @@ namespace mla::cpu {
 
 void reference_sparse_decode(const detail::SparseDecodeProblem& p) {
   const double neg_inf = -std::numeric_limits<double>::infinity();
-  std::vector<double> q(kHeadDimQK), logits, acc(kHeadDimV);
+  std::vector<double> q(kHeadDimQK), logits, acc(kHeadDimV), kv(kHeadDimQK);
   std::vector<int64_t> keys;  // element offsets of the entries that count, in order
+  // The token of entry j, dequantised exactly (in double) into kv.
+  auto key = [&](size_t j) {
+    dequantize_token(p.kv, keys[j], p.kv_type, p.dtype, p.kv_scale, kv.data());
+  };
   for (int32_t b = 0; b < p.batch; ++b) {
     const int32_t n = p.length(b);
     for (int32_t s = 0; s < p.s_q; ++s) {
@@ -37,8 +42,9 @@ void reference_sparse_decode(const detail::SparseDecodeProblem& p) {
         logits.assign(keys.size(), 0.0);
         double max_logit = sink;
         for (size_t j = 0; j < keys.size(); ++j) {
+          key(j);
           double dot = 0.0;
-          for (int d = 0; d < kHeadDimQK; ++d) dot += q[d] * load_elem(p.kv, keys[j] + d, p.dtype);
+          for (int d = 0; d < kHeadDimQK; ++d) dot += q[d] * kv[d];
           logits[j] = dot * static_cast<double>(p.scale);
           max_logit = std::max(max_logit, logits[j]);
         }
@@ -49,7 +55,8 @@ void reference_sparse_decode(const detail::SparseDecodeProblem& p) {
           for (size_t j = 0; j < keys.size(); ++j) {
             const double w = std::exp(logits[j] - max_logit);
             sum += w;
-            for (int d = 0; d < kHeadDimV; ++d) acc[d] += w * load_elem(p.kv, keys[j] + d, p.dtype);
+            key(j);
+            for (int d = 0; d < kHeadDimV; ++d) acc[d] += w * kv[d];
           }
           for (int d = 0; d < kHeadDimV; ++d) acc[d] /= sum;
           lse = max_logit + std::log(sum);

@@ -158,6 +158,23 @@ void quantize_row(KvFormat format, float kv_scale, const float* x, uint8_t* row)
   }
 }
 
+void dequantize_row(KvFormat format, float kv_scale, const uint8_t* row, float* x) {
+  if (format == KvFormat::kFp8E4M3) {
+    for (int d = 0; d < kHeadDimQK; ++d) x[d] = detail::fp8_e4m3_to_float(row[d]) * kv_scale;
+    return;
+  }
+  for (int d = 0; d < kHeadDimV; ++d) {
+    float scale;
+    std::memcpy(&scale, row + 512 + 4 * (d / 128), 4);
+    x[d] = detail::fp8_e4m3_to_float(row[d]) * scale;
+  }
+  for (int d = 0; d < kHeadDimRope; ++d) {
+    uint16_t h;
+    std::memcpy(&h, row + 528 + 2 * d, 2);
+    x[kHeadDimV + d] = detail::bf16_to_float(h);
+  }
+}
+
 DecodeParams HostDecode::params(Device device, void* q_ptr, void* q_pe_ptr, void* kv_ptr,
                                 void* block_table_ptr, void* seq_lens_ptr, void* out_ptr,
                                 void* lse_ptr, void* kv_scale_ptr) const {

@@ -85,6 +85,10 @@ int kv_token_width(KvFormat format);
 // from the format's definition, independent of write_kv_cache): fp8_e4m3 stores e4m3(x /
 // kv_scale); fp8_ds_mla uses per-block scales max(amax, 1e-4) / 448 and bf16 RoPE values.
 void quantize_row(KvFormat format, float kv_scale, const float* x, uint8_t* row);
+// The 576 values one fp8 cache row of `format` stands for (the inverse of quantize_row, written
+// from the format's definition): code * kv_scale (fp8_e4m3); code * its block's scale and the
+// bf16 RoPE values (fp8_ds_mla). Each value is rounded once to fp32.
+void dequantize_row(KvFormat format, float kv_scale, const uint8_t* row, float* x);
 
 // NaN bit patterns used as poison: bf16/fp16 quiet NaN halves and fp32 NaN.
 inline constexpr uint16_t kPoison16 = 0x7fc1;  // a NaN in bf16 and in fp16

@@ -1,8 +1,11 @@
 // Sparse decode on the CPU: the fast path against the reference with every cache token that
 // was not chosen NaN-filled (a read of one shows as NaN), -1 entries mixed in, duplicated and
 // unsorted indices, all -1 rows, topk_lengths (entries beyond it hold garbage slots), the
-// attention sink, poisoned out/lse/workspace; the reference against dense decode and against
-// hand-computed rows; validation and data errors leaving out/lse untouched.
+// attention sink, poisoned out/lse/workspace, for bf16/fp16 caches and both fp8 formats (unchosen
+// tokens hold the e4m3 NaN codes 0x7F / 0xFF, fp8_ds_mla's also NaN scales); the reference
+// against dense decode and against hand-computed rows; write_kv_cache -> sparse_decode on fp8
+// caches against the reference on the dequantised values; validation and data errors leaving
+// out/lse untouched.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -31,6 +34,12 @@ struct SparseCase {
   bool empty_rows = true;    // some rows all -1
   int threads = 3;
   uint64_t seed = 1;
+  // Cache format: fp8 caches hold the same drawn values as the 16-bit cache of the same case,
+  // quantised by the harness (fp8_e4m3 with kv_scale, given as a one-element tensor with
+  // scale_tensor; fp8_ds_mla with per-block scales amax / 448).
+  KvFormat kv_format = KvFormat::kSameAsQ;
+  float kv_scale = 1.0f / 256;
+  bool scale_tensor = false;
 };
 
 float from_half(uint16_t v, DType dtype) {
@@ -40,13 +49,14 @@ uint16_t half_of(float v, DType dtype) {
   return dtype == DType::kBFloat16 ? detail::float_to_bf16(v) : detail::float_to_fp16(v);
 }
 
-// A generated problem in host memory; views point into its vectors.
+// A generated problem in host memory; views point into its vectors. fp8 caches are held as
+// bytes in `kv` (two per element) and kv_row counts bytes.
 struct HostSparse {
   SparseCase c;
   int64_t q_row = 0, kv_row = 0, out_row = 0;
   std::vector<uint16_t> q, q_pe, kv, out;
-  std::vector<int32_t> indices, lengths;
-  std::vector<float> sink, lse;
+  std::vector<int32_t> indices, lengths, chosen;  // chosen: the distinct slots entries name
+  std::vector<float> sink, lse, kv_scale;         // kv_scale: [1], the scale tensor's buffer
 
   SparseDecodeParams params() {
     SparseDecodeParams p;
@@ -54,8 +64,22 @@ struct HostSparse {
     p.q = make_tensor(q.data(), c.dtype, {c.batch, c.s_q, c.h_q, qw},
                       {c.s_q * c.h_q * q_row, c.h_q * q_row, q_row, 1});
     if (c.split_q) p.q_pe = make_tensor(q_pe.data(), c.dtype, {c.batch, c.s_q, c.h_q, 64});
-    p.kv_cache = make_tensor(kv.data(), c.dtype, {c.num_pages, c.page_size, kHeadDimQK},
-                             {c.page_size * kv_row, kv_row, 1});
+    if (c.kv_format == KvFormat::kSameAsQ) {
+      p.kv_cache = make_tensor(kv.data(), c.dtype, {c.num_pages, c.page_size, kHeadDimQK},
+                               {c.page_size * kv_row, kv_row, 1});
+    } else {
+      p.kv_cache = make_tensor(kv.data(), DType::kUInt8,
+                               {c.num_pages, c.page_size, kv_token_width(c.kv_format)},
+                               {c.page_size * kv_row, kv_row, 1});
+      p.kv_format = c.kv_format;
+    }
+    if (c.kv_format == KvFormat::kFp8E4M3) {
+      if (c.scale_tensor) {
+        p.kv_scale_tensor = make_tensor(kv_scale.data(), DType::kFloat32, {1});
+      } else {
+        p.kv_scale = c.kv_scale;
+      }
+    }
     p.indices = make_tensor(indices.data(), DType::kInt32, {c.batch, c.s_q, c.topk});
     if (c.lengths) p.topk_lengths = make_tensor(lengths.data(), DType::kInt32, {c.batch});
     if (c.sink) p.attn_sink = make_tensor(sink.data(), DType::kFloat32, {c.h_q});
@@ -81,7 +105,8 @@ HostSparse make_sparse(const SparseCase& c) {
   std::uniform_real_distribution<float> val(-1.0f, 1.0f);
   const int64_t slots = int64_t{c.num_pages} * c.page_size;
   h.q_row = (c.split_q ? kHeadDimV : kHeadDimQK) + (c.padded ? 64 : 0);
-  h.kv_row = kHeadDimQK + (c.padded ? 32 : 0);
+  const bool fp8 = c.kv_format != KvFormat::kSameAsQ;
+  h.kv_row = kv_token_width(c.kv_format) + (c.padded ? 32 : 0);  // elements, or bytes for fp8
   h.out_row = kHeadDimV + (c.padded ? 16 : 0);
   const int64_t rows = int64_t{c.batch} * c.s_q * c.h_q;
   h.q.assign(rows * h.q_row, kPoison16);
@@ -94,13 +119,29 @@ HostSparse make_sparse(const SparseCase& c) {
     h.q_pe.resize(rows * kHeadDimRope);
     for (auto& x : h.q_pe) x = half_of(val(rng), c.dtype);
   }
-  // Every token NaN until chosen.
-  h.kv.assign(slots * h.kv_row, kPoison16);
+  // Every token NaN until chosen: kPoison16, or for fp8 the NaN codes 0x7F / 0xFF alternating
+  // (0xFF7F as an element) and NaN fp32 scales in every fp8_ds_mla row.
+  h.kv.assign(fp8 ? slots * h.kv_row / 2 : slots * h.kv_row, fp8 ? uint16_t{0xff7f} : kPoison16);
+  uint8_t* kv_bytes = reinterpret_cast<uint8_t*>(h.kv.data());
+  if (c.kv_format == KvFormat::kFp8DsMla) {
+    const float nan_scales[4] = {std::nanf(""), -std::nanf(""), std::nanf(""), std::nanf("")};
+    for (int64_t r = 0; r < slots; ++r) {
+      std::memcpy(kv_bytes + r * h.kv_row + 512, nan_scales, sizeof nan_scales);
+    }
+  }
+  h.kv_scale.assign(1, c.kv_scale);
   std::vector<bool> filled(slots, false);
   auto fill = [&](int32_t slot) {
     if (filled[slot]) return;
     filled[slot] = true;
-    for (int d = 0; d < kHeadDimQK; ++d) h.kv[slot * h.kv_row + d] = half_of(val(rng), c.dtype);
+    h.chosen.push_back(slot);
+    float values[kHeadDimQK];
+    for (float& x : values) x = val(rng);
+    if (fp8) {
+      quantize_row(c.kv_format, c.kv_scale, values, kv_bytes + slot * h.kv_row);
+    } else {
+      for (int d = 0; d < kHeadDimQK; ++d) h.kv[slot * h.kv_row + d] = half_of(values[d], c.dtype);
+    }
   };
   std::uniform_int_distribution<int32_t> any_slot(0, static_cast<int32_t>(slots - 1));
   std::uniform_real_distribution<double> unit(0.0, 1.0);
@@ -233,7 +274,7 @@ std::vector<SparseCase> cases() {
   add(c);
   c = base;
   c.name = "odd_heads_many_splits";
-  c.batch = 1;
+  c.batch = 2;  // with lengths, request 0 has none: request 1's list is split
   c.s_q = 3;
   c.h_q = 3;
   c.topk = 1000;
@@ -264,6 +305,19 @@ std::vector<SparseCase> cases() {
   c.none_share = 1.0;
   c.sink = true;
   add(c);
+  // Every case again on both fp8 caches (fp8_e4m3 alternating between the float scale and the
+  // scale tensor).
+  const size_t num_16bit = v.size();
+  for (size_t i = 0; i < num_16bit; ++i) {
+    for (KvFormat format : {KvFormat::kFp8E4M3, KvFormat::kFp8DsMla}) {
+      c = v[i];
+      c.kv_format = format;
+      c.scale_tensor = format == KvFormat::kFp8E4M3 && i % 2 == 1;
+      c.name +=
+          format == KvFormat::kFp8E4M3 ? (c.scale_tensor ? "_e4m3_tensor" : "_e4m3") : "_dsmla";
+      add(c);
+    }
+  }
   for (size_t i = 0; i < v.size(); ++i) v[i].seed = 100 + i;
   return v;
 }
@@ -414,13 +468,93 @@ TEST(SparseReference, HandComputedRows) {
   }
 }
 
+// write_kv_cache -> sparse_decode on both fp8 formats: the chosen tokens are rewritten with fresh
+// values by write_kv_cache (a NaN padding token, slot -1, after every real one); then the
+// reference on the fp8 cache equals, bit for bit, the reference on a bf16 cache holding the
+// dequantised values (power-of-two scales make every dequantised value exact in bf16), and the
+// fast path on the fp8 cache matches it element by element.
+TEST(SparseFp8RoundTrip, WriteThenDecodeEqualsReferenceOnDequantisedValues) {
+  for (KvFormat format : {KvFormat::kFp8E4M3, KvFormat::kFp8DsMla}) {
+    SCOPED_TRACE(kv_format_name(format));
+    SparseCase c;
+    c.batch = 3;
+    c.s_q = 2;
+    c.topk = 300;
+    c.page_size = 16;
+    c.num_pages = 48;
+    c.lengths = true;
+    c.sink = true;
+    c.kv_format = format;
+    c.kv_scale = 1.0f / 128;
+    c.seed = 61;
+    HostSparse h = make_sparse(c);
+    std::mt19937_64 rng(62);
+    std::uniform_real_distribution<float> dist(-1.5f, 1.5f);
+    std::vector<uint16_t> kv_c, k_pe;
+    std::vector<int64_t> slots;
+    for (int32_t slot : h.chosen) {
+      slots.push_back(slot);
+      for (int d = 0; d < kHeadDimV; ++d) kv_c.push_back(detail::float_to_bf16(dist(rng)));
+      for (int d = 0; d < kHeadDimRope; ++d) k_pe.push_back(detail::float_to_bf16(dist(rng)));
+      slots.push_back(-1);
+      kv_c.insert(kv_c.end(), kHeadDimV, kPoison16);
+      k_pe.insert(k_pe.end(), kHeadDimRope, kPoison16);
+    }
+    const int64_t tokens = static_cast<int64_t>(slots.size());
+    KvCacheWriteParams w;
+    w.kv_c = make_tensor(kv_c.data(), DType::kBFloat16, {tokens, kHeadDimV});
+    w.k_pe = make_tensor(k_pe.data(), DType::kBFloat16, {tokens, kHeadDimRope});
+    w.slot_mapping = make_tensor(slots.data(), DType::kInt64, {tokens});
+    w.kv_cache = h.params().kv_cache;
+    w.kv_format = format;
+    if (format == KvFormat::kFp8E4M3) {
+      w.kv_scale = c.kv_scale;
+    } else {
+      w.ds_mla_pow2_scale = true;
+    }
+    const Status written = write_kv_cache(w, {});
+    ASSERT_TRUE(written.ok()) << written.message();
+
+    // The same problem on a bf16 cache of the dequantised values (unchosen tokens NaN).
+    HostSparse deq = h;
+    deq.c.kv_format = KvFormat::kSameAsQ;
+    deq.kv_row = kHeadDimQK;
+    deq.kv.assign(static_cast<size_t>(c.num_pages) * c.page_size * kHeadDimQK, kPoison16);
+    const uint8_t* bytes = reinterpret_cast<const uint8_t*>(h.kv.data());
+    for (int32_t slot : h.chosen) {
+      float values[kHeadDimQK];
+      dequantize_row(format, c.kv_scale, bytes + slot * h.kv_row, values);
+      for (int d = 0; d < kHeadDimQK; ++d) {
+        const uint16_t bits = detail::float_to_bf16(values[d]);
+        ASSERT_EQ(detail::bf16_to_float(bits), values[d]) << "not exact in bf16: " << values[d];
+        deq.kv[slot * kHeadDimQK + d] = bits;
+      }
+    }
+    ExecConfig ref_config;
+    ref_config.reference = true;
+    const Outputs ref_fp8 = run(h, ref_config, 0);
+    const Outputs ref_deq = run(deq, ref_config, 0);
+    ASSERT_TRUE(ref_fp8.status.ok()) << ref_fp8.status.message();
+    ASSERT_TRUE(ref_deq.status.ok()) << ref_deq.status.message();
+    EXPECT_EQ(ref_fp8.out, ref_deq.out);
+    EXPECT_EQ(std::memcmp(ref_fp8.lse.data(), ref_deq.lse.data(), ref_fp8.lse.size() * 4), 0);
+    ExecConfig fast_config;
+    fast_config.num_threads = 3;
+    const Outputs fast = run(h, fast_config, kPoisonByte);
+    ASSERT_TRUE(fast.status.ok()) << fast.status.message();
+    const std::string failure = compare(h, fast, ref_deq);
+    EXPECT_TRUE(failure.empty()) << failure;
+  }
+}
+
 // A fresh valid problem, for the error tests.
-HostSparse small() {
+HostSparse small(KvFormat format = KvFormat::kSameAsQ) {
   SparseCase c;
   c.batch = 2;
   c.topk = 8;
   c.lengths = true;
   c.sink = true;
+  c.kv_format = format;
   return make_sparse(c);
 }
 
@@ -561,6 +695,156 @@ TEST(SparseValidation, WorkspaceAndShapes) {
   EXPECT_EQ(bytes, other);
 }
 
+// fp8 caches: a bad kv_scale_tensor value (data, read on the CPU) and a bad slot are rejected
+// before anything is written, by the reference and the fast path.
+TEST(SparseDataErrors, Fp8RejectedBeforeAnythingIsWritten) {
+  for (bool reference : {false, true}) {
+    for (float bad : {0.0f, -2.0f, std::nanf(""), std::numeric_limits<float>::infinity()}) {
+      HostSparse h = small(KvFormat::kFp8E4M3);
+      h.c.scale_tensor = true;
+      h.kv_scale[0] = bad;
+      const Status st = call(h, reference);
+      EXPECT_EQ(st.code(), StatusCode::kDataError) << st.message();
+      EXPECT_NE(st.message().find("mla::sparse_decode: argument 'kv_scale_tensor': "),
+                std::string::npos)
+          << st.message();
+      expect_untouched(h, h);
+    }
+    for (KvFormat format : {KvFormat::kFp8E4M3, KvFormat::kFp8DsMla}) {
+      HostSparse h = small(format);
+      h.indices[h.c.topk + 1] = h.c.num_pages * h.c.page_size;
+      const Status st = call(h, reference);
+      EXPECT_EQ(st.code(), StatusCode::kDataError) << st.message();
+      EXPECT_NE(st.message().find("argument 'indices'"), std::string::npos) << st.message();
+      expect_untouched(h, h);
+    }
+  }
+}
+
+float g_scale = 1.0f / 256;
+float g_two_scales[2] = {1.0f, 1.0f};
+
+// The scale of `p` given by a valid one-element tensor instead of kv_scale.
+void use_scale_tensor(SparseDecodeParams& p) {
+  p.kv_scale = 1.0f;
+  p.kv_scale_tensor = make_tensor(&g_scale, DType::kFloat32, {1});
+}
+
+// The KV-format arguments (checked by the code decode() uses): every mistake is named, with the
+// expected code and a telling fragment, and out and lse keep their poison. Each row starts from a
+// valid call on a cache of `base`'s format.
+TEST(SparseValidation, KvFormatArgumentsNamed) {
+  struct Bad {
+    KvFormat base;
+    const char* arg;
+    StatusCode code;
+    const char* fragment;
+    void (*mutate)(SparseDecodeParams&);
+  };
+  const KvFormat e4m3 = KvFormat::kFp8E4M3, ds_mla = KvFormat::kFp8DsMla, same = KvFormat::kSameAsQ;
+  const StatusCode invalid = StatusCode::kInvalidArgument;
+  const Bad bads[] = {
+      {e4m3, "kv_format", invalid, "unknown value 7",
+       [](SparseDecodeParams& p) { p.kv_format = static_cast<KvFormat>(7); }},
+      // The cache's dtype and width must be the format's.
+      {e4m3, "kv_cache", invalid, "expected dtype uint8, got bfloat16",
+       [](SparseDecodeParams& p) { p.kv_cache.dtype = DType::kBFloat16; }},
+      {same, "kv_cache", invalid, "expected dtype uint8, got bfloat16",
+       [](SparseDecodeParams& p) { p.kv_format = KvFormat::kFp8DsMla; }},
+      {e4m3, "kv_cache", invalid, "uint8 differs from q's bfloat16",
+       [](SparseDecodeParams& p) {
+         p.kv_format = KvFormat::kSameAsQ;
+         p.kv_scale = 1.0f;
+       }},
+      {e4m3, "kv_cache", invalid, "656",
+       [](SparseDecodeParams& p) {
+         p.kv_format = KvFormat::kFp8DsMla;
+         p.kv_scale = 1.0f;
+       }},
+      {ds_mla, "kv_cache", invalid, "576",
+       [](SparseDecodeParams& p) { p.kv_format = KvFormat::kFp8E4M3; }},
+      // kv_scale: finite and > 0 for fp8_e4m3, 1 for the other formats.
+      {e4m3, "kv_scale", invalid, "finite and > 0",
+       [](SparseDecodeParams& p) { p.kv_scale = 0.0f; }},
+      {e4m3, "kv_scale", invalid, "finite and > 0",
+       [](SparseDecodeParams& p) { p.kv_scale = -1.0f; }},
+      {e4m3, "kv_scale", invalid, "finite and > 0",
+       [](SparseDecodeParams& p) { p.kv_scale = std::nanf(""); }},
+      {e4m3, "kv_scale", invalid, "finite and > 0",
+       [](SparseDecodeParams& p) { p.kv_scale = std::numeric_limits<float>::infinity(); }},
+      {ds_mla, "kv_scale", invalid, "must stay 1 for fp8_ds_mla",
+       [](SparseDecodeParams& p) { p.kv_scale = 0.5f; }},
+      {same, "kv_scale", invalid, "must stay 1 for same_as_q",
+       [](SparseDecodeParams& p) { p.kv_scale = 2.0f; }},
+      // kv_scale_tensor: fp8_e4m3 only, kv_scale then 1, fp32 [1] on the call's device, and no
+      // output may overlap it.
+      {ds_mla, "kv_scale_tensor", invalid, "only used with kv_format fp8_e4m3", use_scale_tensor},
+      {same, "kv_scale_tensor", invalid, "only used with kv_format fp8_e4m3", use_scale_tensor},
+      {e4m3, "kv_scale", invalid, "must stay 1 when kv_scale_tensor",
+       [](SparseDecodeParams& p) {
+         use_scale_tensor(p);
+         p.kv_scale = 1.0f / 256;
+       }},
+      {e4m3, "kv_scale_tensor", invalid, "float32",
+       [](SparseDecodeParams& p) {
+         use_scale_tensor(p);
+         p.kv_scale_tensor.dtype = DType::kBFloat16;
+       }},
+      {e4m3, "kv_scale_tensor", invalid, "[1]",
+       [](SparseDecodeParams& p) {
+         p.kv_scale = 1.0f;
+         p.kv_scale_tensor = make_tensor(g_two_scales, DType::kFloat32, {2});
+       }},
+      {e4m3, "kv_scale_tensor", invalid, "cuda:0",
+       [](SparseDecodeParams& p) {
+         use_scale_tensor(p);
+         p.kv_scale_tensor.device = Device{DeviceType::kCUDA, 0};
+       }},
+      {e4m3, "kv_scale_tensor", invalid, "ndim",
+       [](SparseDecodeParams& p) {
+         use_scale_tensor(p);
+         p.kv_scale_tensor.ndim = kMaxDims + 1;
+       }},
+      {e4m3, "lse", invalid, "overlaps the memory of 'kv_scale_tensor'",
+       [](SparseDecodeParams& p) {
+         p.kv_scale = 1.0f;
+         p.kv_scale_tensor = make_tensor(p.lse.data, DType::kFloat32, {1});
+       }},
+  };
+  for (const Bad& bad : bads) {
+    for (bool reference : {false, true}) {
+      HostSparse h = small(bad.base);
+      SparseDecodeParams p = h.params();
+      bad.mutate(p);
+      ExecConfig config;
+      config.reference = reference;
+      size_t bytes = 0;
+      ASSERT_TRUE(sparse_workspace_size({2, 1, 16, 8}, Device{}, config, &bytes).ok());
+      auto ws = allocate(Device{}, bytes);
+      const Status st = sparse_decode(p, Workspace{ws->data(), bytes}, config);
+      const std::string what = std::string(kv_format_name(bad.base)) + " " + bad.arg + " (" +
+                               bad.fragment + "): " + st.message();
+      EXPECT_EQ(st.code(), bad.code) << what;
+      EXPECT_EQ(
+          st.message().rfind(std::string("mla::sparse_decode: argument '") + bad.arg + "'", 0), 0u)
+          << what;
+      EXPECT_NE(st.message().find(bad.fragment), std::string::npos) << what;
+      expect_untouched(h, h);
+    }
+  }
+  // The valid calls these rows start from succeed, on both paths and with the scale tensor.
+  for (KvFormat format : {same, e4m3, ds_mla}) {
+    for (bool reference : {false, true}) {
+      HostSparse h = small(format);
+      EXPECT_TRUE(call(h, reference).ok()) << kv_format_name(format);
+      if (format != e4m3) continue;
+      h = small(format);
+      h.c.scale_tensor = true;
+      EXPECT_TRUE(call(h, reference).ok());
+    }
+  }
+}
+
 // CUDA tensors are validated like CPU ones before the CUDA backend sees them: a host-checkable
 // mistake is named and nothing is launched or written (the memory here is host memory that the
 // call must never touch). Without a usable CUDA device (this suite's machines), a valid call is
@@ -599,6 +883,24 @@ TEST(SparseValidation, CudaCallsAreValidatedFirst) {
   EXPECT_EQ(st.code(), StatusCode::kUnsupported) << st.message();
   EXPECT_EQ(st.message().rfind("mla::sparse_decode: ", 0), 0u) << st.message();
   expect_out_untouched();
+  // fp8 caches: the CUDA backend refuses the format before anything else (the empty workspace
+  // is not reached); a build without it refuses every CUDA call.
+  for (KvFormat format : {KvFormat::kFp8E4M3, KvFormat::kFp8DsMla}) {
+    const int64_t width = kv_token_width(format);
+    auto kv8 = allocate(Device{}, static_cast<size_t>(h.c.num_pages) * h.c.page_size * width);
+    SparseDecodeParams fp8 = p;
+    fp8.kv_cache =
+        make_tensor(kv8->data(), DType::kUInt8, {h.c.num_pages, h.c.page_size, width}, cuda);
+    fp8.kv_format = format;
+    st = sparse_decode(fp8, Workspace{}, ExecConfig{});
+    EXPECT_EQ(st.code(), StatusCode::kUnsupported) << st.message();
+    if (cuda_available_in_build()) {
+      EXPECT_EQ(st.message().rfind("mla::sparse_decode: argument 'kv_format': ", 0), 0u)
+          << st.message();
+      EXPECT_NE(st.message().find(kv_format_name(format)), std::string::npos) << st.message();
+    }
+    expect_out_untouched();
+  }
   size_t bytes = 0;
   EXPECT_EQ(sparse_workspace_size({2, 1, 16, 8}, cuda, ExecConfig{}, &bytes).code(),
             StatusCode::kUnsupported);

@@ -4,7 +4,8 @@
 // and odd topk, topk_lengths (entries beyond them hold garbage slots), the attention sink, h_q
 // 1..128, s_q 1, 2 and 16, page sizes 1, 16 and 64, split and unsplit calls, each sparse kernel
 // configuration (through the shared-memory cap), bad slots and bad topk_lengths written as NaN
-// rows and flagged, and a CUDA-graph replay with new indices.
+// rows and flagged, a CUDA-graph replay with new indices, and fp8 caches refused (kUnsupported,
+// nothing written) until the sparse kernel reads them.
 #include <cuda_runtime.h>
 #include <gtest/gtest.h>
 
@@ -599,6 +600,51 @@ TEST_F(SparseGpu, ShortWorkspaceIsRejected) {
   EXPECT_NE(st.message().find("'workspace'"), std::string::npos) << st.message();
   const Result r = dev.result(h);
   for (uint16_t x : r.out) ASSERT_EQ(x, kPoison16);
+}
+
+// fp8 caches are not read by the CUDA sparse kernel yet: a call with either fp8 format (and a
+// valid cache, scale and workspace) is kUnsupported naming kv_format, and out and lse keep their
+// poison. The same call on the 16-bit cache then runs and matches the reference.
+TEST_F(SparseGpu, Fp8CachesAreUnsupported) {
+  SparseCase c;
+  c.name = "fp8_unsupported";
+  const HostSparse h = make_sparse(c);
+  DeviceSparse dev(h);
+  ASSERT_TRUE(dev.sized.ok()) << dev.sized.message();
+  auto scale = upload_vector(kGpu, std::vector<float>{0.5f});
+  for (KvFormat format : {KvFormat::kFp8E4M3, KvFormat::kFp8DsMla}) {
+    for (bool scale_tensor : {false, true}) {
+      if (scale_tensor && format != KvFormat::kFp8E4M3) continue;
+      SCOPED_TRACE(std::string(kv_format_name(format)) + (scale_tensor ? " scale tensor" : ""));
+      const int64_t width = kv_token_width(format);
+      // Every byte 0x38 (e4m3 1.0; fp8_ds_mla scales 0x38383838, finite and > 0).
+      auto kv8 = upload_vector(kGpu, std::vector<uint8_t>(h.capacity() * width, 0x38));
+      SparseDecodeParams p = dev.params;
+      p.kv_cache = make_tensor(kv8->data(), DType::kUInt8, {c.num_pages, c.page_size, width}, kGpu);
+      p.kv_format = format;
+      if (scale_tensor) {
+        p.kv_scale_tensor = make_tensor(scale->data(), DType::kFloat32, {1}, kGpu);
+      } else if (format == KvFormat::kFp8E4M3) {
+        p.kv_scale = 0.5f;
+      }
+      dev.poison(h);
+      const Status st = sparse_decode(p, dev.workspace(), ExecConfig{});
+      EXPECT_EQ(st.code(), StatusCode::kUnsupported) << st.message();
+      EXPECT_EQ(st.message().rfind("mla::sparse_decode: argument 'kv_format': ", 0), 0u)
+          << st.message();
+      EXPECT_NE(st.message().find(kv_format_name(format)), std::string::npos) << st.message();
+      const Result r = dev.result(h);
+      for (uint16_t x : r.out) ASSERT_EQ(x, kPoison16);
+      for (float x : r.lse) {
+        uint32_t bits;
+        std::memcpy(&bits, &x, sizeof bits);
+        ASSERT_EQ(bits, kPoison32);
+      }
+    }
+  }
+  const Result want = reference(h);
+  ASSERT_TRUE(want.status.ok()) << want.status.message();
+  expect_matches(h, want, describe(c));
 }
 
 }  // namespace

@@ -13,9 +13,12 @@
 //
 // A piece walks its tokens in chunks of kGather: it copies the chunk's tokens (any slots, any
 // page) into a per-thread buffer and runs the dense kernel on it as a one-request, one-query-
-// token problem with page_size 1 and an identity block table. The chunk results are merged by
-// their LSE into the piece's accumulator. Only selected tokens are ever read. The sink enters
-// once per row, when the row's final result is written (finalize_row).
+// token problem with page_size 1 and an identity block table. The copy moves each token's raw
+// bytes (1152 for bf16/fp16, 576 for fp8_e4m3, 656 for fp8_ds_mla) and the chunk's problem keeps
+// the cache format and scale, so the dense kernel dequantises fp8 tokens as it does for decode.
+// The chunk results are merged by their LSE into the piece's accumulator. Only selected tokens
+// are ever read. The sink enters once per row, when the row's final result is written
+// (finalize_row).
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -23,6 +26,7 @@
 #include <limits>
 #include <vector>
 
+#include "core/fp8.h"
 #include "core/sparse_backends.h"
 #include "core/status.h"
 #include "cpu/elem.h"
@@ -51,7 +55,7 @@ struct Layout {
   int64_t cap;            // head-tile capacity (padded rows)
   int64_t scratch;        // floats of kernel scratch per thread
   int64_t partial;        // floats per partial
-  int64_t gather;         // floats of gather buffer per thread (16-bit tokens)
+  int64_t gather;         // floats of gather buffer per thread (raw tokens)
   int64_t thread_stride;  // floats per thread: scratch, gather, chunk partial, accumulator
   int64_t num_partials;   // shared split partials
   size_t bytes;
@@ -62,6 +66,8 @@ Layout layout(int64_t h_q, int num_threads) {
   l.cap = fast::tile_capacity(h_q);
   l.scratch = fast::round_up(fast::scratch_floats(l.cap), kAlignFloats);
   l.partial = fast::round_up(fast::partial_floats(l.cap), kAlignFloats);
+  // Sized for 16-bit tokens, the largest of the formats.
+  static_assert(detail::kDsMlaTokenBytes <= 2 * kHeadDimQK);
   l.gather = fast::round_up(int64_t{kGather} * kHeadDimQK / 2, kAlignFloats);
   l.thread_stride = l.scratch + l.gather + 2 * l.partial;
   l.num_partials = 2 * static_cast<int64_t>(num_threads);
@@ -204,6 +210,12 @@ void merge_partial(float* acc, const float* part, int32_t nrows, int64_t cap) {
   }
 }
 
+// Elements of the cache's type per token (bytes for fp8 formats), and the bytes of one element.
+int64_t token_elems(detail::KvType type) {
+  return type == detail::KvType::kFp8DsMla ? detail::kDsMlaTokenBytes : kHeadDimQK;
+}
+int64_t elem_bytes(detail::KvType type) { return type == detail::KvType::kHalf ? 2 : 1; }
+
 // The identity block table of the gathered buffer: chunk token t is page t (page_size 1).
 const int32_t* identity_table() {
   static const std::vector<int32_t> table = [] {
@@ -217,13 +229,17 @@ const int32_t* identity_table() {
 void run_sparse_piece(const SparseDecodeProblem& p, const Layout& lay, const Schedule& sch,
                       const SparsePiece& pc, const fast::KernelTable& kernels, float* thread_ws) {
   float* scratch = thread_ws;
-  uint16_t* gathered = reinterpret_cast<uint16_t*>(thread_ws + lay.scratch);
+  char* gathered = reinterpret_cast<char*>(thread_ws + lay.scratch);
   float* chunk = thread_ws + lay.scratch + lay.gather;
   float* acc = pc.dest != nullptr ? pc.dest : chunk + lay.partial;
   const float neg_inf = -std::numeric_limits<float>::infinity();
 
-  // The chunk as a dense problem: one request, one query token, h_q heads, page_size 1.
+  // The chunk as a dense problem: one request, one query token, h_q heads, page_size 1, the
+  // gathered tokens back to back in the cache's format.
   const int64_t esize = 2;
+  const int64_t kv_elem_bytes = elem_bytes(p.kv_type);
+  const int64_t row_elems = token_elems(p.kv_type);
+  const size_t row_bytes = static_cast<size_t>(row_elems * kv_elem_bytes);
   int32_t chunk_len = 0;
   detail::DecodeProblem d{};
   d.batch = 1;
@@ -243,13 +259,15 @@ void run_sparse_piece(const SparseDecodeProblem& p, const Layout& lay, const Sch
       static_cast<const char*>(p.q_pe) + esize * (pc.b * p.q_pe_stride_b + pc.s * p.q_pe_stride_s);
   d.q_pe_stride_h = p.q_pe_stride_h;
   d.kv = gathered;
-  d.kv_stride_page = kHeadDimQK;
-  d.kv_stride_row = kHeadDimQK;
+  d.kv_stride_page = row_elems;
+  d.kv_stride_row = row_elems;
+  d.kv_type = p.kv_type;
+  d.kv_scale = p.kv_scale;  // resolved by the entry point
   d.block_table = identity_table();
   d.seq_lens = &chunk_len;
 
   const int32_t* slots = sch.slots.data() + sch.offsets[static_cast<size_t>(pc.b) * p.s_q + pc.s];
-  const uint16_t* cache = static_cast<const uint16_t*>(p.kv);
+  const char* cache = static_cast<const char*>(p.kv);
   if (pc.k0 == pc.k1) {  // no selected token: an empty accumulator
     std::memset(acc, 0, sizeof(float) * lay.cap * kHeadDimV);
     std::fill(acc + lay.cap * kHeadDimV, acc + lay.cap * kHeadDimV + pc.nh, neg_inf);
@@ -257,8 +275,8 @@ void run_sparse_piece(const SparseDecodeProblem& p, const Layout& lay, const Sch
   for (int64_t c0 = pc.k0; c0 < pc.k1; c0 += kGather) {
     chunk_len = static_cast<int32_t>(std::min<int64_t>(kGather, pc.k1 - c0));
     for (int32_t t = 0; t < chunk_len; ++t) {
-      std::memcpy(gathered + int64_t{t} * kHeadDimQK, cache + p.slot_offset(slots[c0 + t]),
-                  sizeof(uint16_t) * kHeadDimQK);
+      std::memcpy(gathered + t * row_bytes, cache + p.slot_offset(slots[c0 + t]) * kv_elem_bytes,
+                  row_bytes);
     }
     const bool first = c0 == pc.k0;
     const fast::Piece piece{0, pc.h0, pc.nh, 0, chunk_len, first ? acc : chunk};

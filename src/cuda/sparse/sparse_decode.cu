@@ -99,6 +99,16 @@ Status make_plan(int device, int64_t batch, int64_t s_q, int64_t h_q, int64_t to
   return Status();
 }
 
+// The sparse kernels gather bf16/fp16 tokens only: fp8 caches (which the CPU serves) are refused
+// before anything is checked against the device or launched.
+Status check_kv_format(const char* fn, detail::KvType kv_type) {
+  if (kv_type == detail::KvType::kHalf) return Status();
+  return detail::argument_error(StatusCode::kUnsupported, fn, "kv_format",
+                                kv_format_name(static_cast<KvFormat>(kv_type)),
+                                " caches are not supported by sparse decode on CUDA yet (bf16 "
+                                "and fp16 caches are; the CPU backend serves every format)");
+}
+
 }  // namespace
 
 Status sparse_workspace_size(const char* fn, const SparseDecodeShape& shape, int device,
@@ -114,6 +124,7 @@ Status sparse_workspace_size(const char* fn, const SparseDecodeShape& shape, int
 
 Status sparse_decode(const char* fn, const detail::SparseDecodeProblem& p, int device,
                      const Workspace& ws, void* stream) {
+  MLA_RETURN_IF_ERROR(check_kv_format(fn, p.kv_type));
   SparsePlan plan;
   MLA_RETURN_IF_ERROR(
       detail::with_context(fn, make_plan(device, p.batch, p.s_q, p.h_q, p.topk, p.dtype, &plan)));
