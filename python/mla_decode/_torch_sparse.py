@@ -2,11 +2,13 @@
 mla_decode.torch)::
 
     sparse_decode(q, q_pe?, kv_cache, indices, topk_lengths?, attn_sink?, softmax_scale,
-                  out!, lse!?, workspace!?) -> ()
+                  out!, lse!?, workspace!?, kv_format="same_as_q", kv_scale=1.0,
+                  kv_scale_tensor?) -> ()
 
-Semantics as mla_decode.sparse.sparse_decode (the returned lse includes the sink). CPU and CUDA
-tensors (CUDA: on the current stream). Without ``workspace`` one is allocated per call on q's
-device.
+Semantics as mla_decode.sparse.sparse_decode (the returned lse includes the sink); kv_format,
+kv_scale and kv_scale_tensor as in the decode op (fp8 caches: uint8 or float8_e4m3fn tensors; CPU
+only, CUDA raises UnsupportedError). CPU and CUDA tensors (CUDA: on the current stream). Without
+``workspace`` one is allocated per call on q's device.
 """
 
 from typing import Optional
@@ -14,9 +16,9 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from . import _C, _query_shape, _require
+from . import _C, _bytes, _query_shape, _require
 from .errors import MlaError
-from .torch import HEAD_DIM_V, _aligned_bytes, _detached, _stream
+from .torch import HEAD_DIM_V, _aligned_bytes, _detached, _op_scale, _split_scale, _stream
 
 
 def sparse_workspace_size(batch: int, s_q: int, h_q: int, topk: int, device="cpu") -> int:
@@ -45,6 +47,9 @@ def _sparse_decode_op(
     out: Tensor,
     lse: Optional[Tensor],
     workspace: Optional[Tensor],
+    kv_format: str = "same_as_q",
+    kv_scale: float = 1.0,
+    kv_scale_tensor: Optional[Tensor] = None,
 ) -> None:
     if workspace is None:
         try:
@@ -56,7 +61,7 @@ def _sparse_decode_op(
             workspace = torch.empty(0, dtype=torch.uint8, device=q.device)
     _C.sparse_decode(
         q.detach(),
-        kv_cache.detach(),
+        _bytes(kv_cache.detach()),
         indices,
         softmax_scale,
         out.detach(),
@@ -65,6 +70,8 @@ def _sparse_decode_op(
         topk_lengths=topk_lengths,
         attn_sink=_detached(attn_sink),
         lse=_detached(lse),
+        kv_format=kv_format,
+        kv_scale=_op_scale("mla::sparse_decode", kv_scale, kv_scale_tensor),
         stream=_stream(q),
     )
 
@@ -82,6 +89,8 @@ def sparse_decode(
     q_pe: Optional[Tensor] = None,
     topk_lengths: Optional[Tensor] = None,
     attn_sink: Optional[Tensor] = None,
+    kv_format: str = "same_as_q",
+    kv_scale=None,
     out: Optional[Tensor] = None,
     lse: Optional[Tensor] = None,
     return_lse: bool = False,
@@ -89,7 +98,8 @@ def sparse_decode(
 ):
     """Sparse MLA decode (see mla_decode.sparse_decode). Returns out, or (out, lse) when
     return_lse is true or lse is given. lse includes the sink; empty rows give out = 0 and
-    lse = -inf (attn_sink[h] with a sink)."""
+    lse = -inf (attn_sink[h] with a sink). kv_format and kv_scale (a float, or a one-element
+    or 0-dim float32 tensor such as vLLM's k_scale) as in mla_decode.torch.decode."""
     _require("mla::sparse_decode", q=q, kv_cache=kv_cache, indices=indices)
     lse_given = lse is not None
     batch, s_q, h_q = _query_shape("mla::sparse_decode", q)
@@ -108,5 +118,7 @@ def sparse_decode(
         out,
         lse,
         workspace,
+        kv_format,
+        *_split_scale(kv_scale),
     )
     return (out, lse) if return_lse or lse_given else out

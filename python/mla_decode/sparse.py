@@ -1,6 +1,7 @@
 """Sparse MLA decode (DeepSeek sparse attention): each query token attends to the cache slots an
-indexer chose for it. Framework-neutral, like mla_decode.decode; CPU, and CUDA for bf16/fp16
-caches (the portable sm_80+ kernel).
+indexer chose for it. Framework-neutral, like mla_decode.decode. The cache takes decode()'s
+formats (kv_format "same_as_q", "fp8_e4m3" with kv_scale, "fp8_ds_mla"): all of them on the CPU;
+CUDA serves bf16/fp16 caches (the portable sm_80+ kernel) and raises UnsupportedError for fp8.
 
 For request b, query token s, head h, with the entries k < n_b = topk_lengths[b] (all topk when
 topk_lengths is None) whose slot = indices[b, s, k] is not -1 (natural-log LSE)::
@@ -53,6 +54,8 @@ def sparse_decode(
     q_pe=None,
     topk_lengths=None,
     attn_sink=None,
+    kv_format="same_as_q",
+    kv_scale=None,
     out=None,
     lse=None,
     return_lse=False,
@@ -66,9 +69,12 @@ def sparse_decode(
     q: [batch, s_q, h_q, 576] bf16/fp16 (or q_nope [.., 512] with q_pe [.., 64]);
     kv_cache: [num_pages, page_size, 576], same dtype; indices: [batch, s_q, topk] int32
     (-1 = no token); topk_lengths: [batch] int32 or None; attn_sink: [h_q] float32 or None.
+    kv_format, kv_scale: as in decode() (fp8_e4m3: a [num_pages, page_size, 576] uint8 or
+    float8_e4m3fn cache and its scale, a float or a one-element float32 array; fp8_ds_mla: a
+    [num_pages, page_size, 656] cache whose tokens carry their own scales).
     out: [batch, s_q, h_q, 512]; lse: [batch, s_q, h_q] float32, any strides.
     """
-    from . import HEAD_DIM_V, _empty, _query_shape, _require, _stream
+    from . import HEAD_DIM_V, _bytes, _empty, _query_shape, _require, _scale, _stream
 
     _require("mla::sparse_decode", q=q, kv_cache=kv_cache, indices=indices)
     batch, s_q, h_q = _query_shape("mla::sparse_decode", q)
@@ -86,7 +92,7 @@ def sparse_decode(
             workspace = _empty(q, (0,), "uint8")
     _C.sparse_decode(
         q,
-        kv_cache,
+        _bytes(kv_cache),
         indices,
         softmax_scale,
         out,
@@ -95,6 +101,8 @@ def sparse_decode(
         topk_lengths=topk_lengths,
         attn_sink=attn_sink,
         lse=lse,
+        kv_format=kv_format,
+        kv_scale=_scale(kv_scale),
         num_threads=num_threads,
         reference=reference,
         stream=_stream(q, stream),

@@ -15,7 +15,8 @@ float8_e4m3fn tensors; fp8_e4m3's scale is a float or a one-element (or 0-dim) f
 as vLLM's k_scale (on CUDA a tensor on the call's device).
     merge_states(out_a, lse_a, out_b, lse_b, out!, lse!?) -> ()
     sparse_decode(q, q_pe?, kv_cache, indices, topk_lengths?, attn_sink?, softmax_scale,
-                  out!, lse!?, workspace!?) -> ()
+                  out!, lse!?, workspace!?, kv_format="same_as_q", kv_scale=1.0,
+                  kv_scale_tensor?) -> ()
 
 The Python functions below allocate outputs with ``torch.empty`` and call the ops.
 

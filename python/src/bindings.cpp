@@ -481,7 +481,8 @@ NB_MODULE(_C, m) {
       "sparse_decode",
       [](nb::handle q, nb::handle kv_cache, nb::handle indices, float softmax_scale, nb::handle out,
          nb::handle workspace, nb::handle q_pe, nb::handle topk_lengths, nb::handle attn_sink,
-         nb::handle lse, int num_threads, bool reference, uintptr_t stream) {
+         nb::handle lse, const std::string& kv_format, nb::handle kv_scale, int num_threads,
+         bool reference, uintptr_t stream) {
         Call call("mla::sparse_decode");
         mla::SparseDecodeParams params;
         params.q = call.input("q", q);
@@ -493,6 +494,8 @@ NB_MODULE(_C, m) {
         params.out = call.output("out", out);
         params.lse = call.optional_output("lse", lse);
         params.softmax_scale = softmax_scale;
+        params.kv_format = parse_kv_format(call.fn(), kv_format);
+        set_kv_scale(call, kv_scale, &params.kv_scale, &params.kv_scale_tensor);
         mla::Device device;
         const mla::Workspace ws = call.buffer("workspace", workspace, &params.q.device, &device);
         if (reference && params.q.device.type != mla::DeviceType::kCPU) {
@@ -509,8 +512,9 @@ NB_MODULE(_C, m) {
       nb::arg("q").none(), nb::arg("kv_cache").none(), nb::arg("indices").none(),
       nb::arg("softmax_scale"), nb::arg("out").none(), nb::arg("workspace").none(), nb::kw_only(),
       nb::arg("q_pe") = nb::none(), nb::arg("topk_lengths") = nb::none(),
-      nb::arg("attn_sink") = nb::none(), nb::arg("lse") = nb::none(), nb::arg("num_threads") = 0,
-      nb::arg("reference") = false, nb::arg("stream") = 0,
+      nb::arg("attn_sink") = nb::none(), nb::arg("lse") = nb::none(),
+      nb::arg("kv_format") = "same_as_q", nb::arg("kv_scale") = nb::none(),
+      nb::arg("num_threads") = 0, nb::arg("reference") = false, nb::arg("stream") = 0,
       "mla::sparse_decode: attention over the cache slots in indices (-1 = none).");
 
   m.def(

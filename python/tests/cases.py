@@ -63,6 +63,34 @@ def make_decode_case(rng, dtype, seq_lens, s_q=1, h_q=16, page_size=16, causal=F
     return DecodeCase(dtype, q, kv, block_table, seq_lens, 1.0 / np.sqrt(192.0), causal)
 
 
+# fp8 caches (docs/kv_formats.md): bytes per token of each format, and helpers written from the
+# formats' definitions.
+F8 = ml_dtypes.float8_e4m3fn
+FP8_FORMATS = ("fp8_e4m3", "fp8_ds_mla")
+FP8_WIDTH = {"fp8_e4m3": 576, "fp8_ds_mla": 656}
+
+
+def nan_cache(num_pages, page_size, fmt):
+    """An fp8 cache whose every byte is an e4m3 NaN code (0x7F / 0xFF alternating); fp8_ds_mla
+    rows also get NaN float32 scales."""
+    cache = np.empty((num_pages, page_size, FP8_WIDTH[fmt]), dtype=np.uint8)
+    cache[..., 0::2] = 0x7F
+    cache[..., 1::2] = 0xFF
+    if fmt == "fp8_ds_mla":
+        cache[..., 512:528] = 0xFF  # 0xFFFFFFFF: NaN
+    return cache
+
+
+def dequantize(cache, fmt, kv_scale):
+    """[P, page, width] uint8 -> [P, page, 576] float32 values the cache stands for."""
+    if fmt == "fp8_e4m3":
+        return cache.view(F8).astype(np.float32) * np.float32(kv_scale)
+    latent = np.ascontiguousarray(cache[..., :512]).view(F8).astype(np.float32)
+    scales = np.ascontiguousarray(cache[..., 512:528]).view(np.float32)
+    rope = np.ascontiguousarray(cache[..., 528:656]).view(ml_dtypes.bfloat16).astype(np.float32)
+    return np.concatenate([latent * np.repeat(scales, 128, axis=-1), rope], axis=-1)
+
+
 # Tolerances against the float64 spec: the output is rounded to bf16/fp16 (unit roundoff 2^-8,
 # 2^-11); the fast paths also accumulate in fp32 and may round probabilities to the input type.
 OUT_TOL = {"bfloat16": (2e-2, 2e-2), "float16": (4e-3, 4e-3)}

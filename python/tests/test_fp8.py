@@ -8,32 +8,17 @@ import mla_decode
 import numpy as np
 import pytest
 import spec
-from cases import LSE_TOL, OUT_TOL, REFERENCE_OUT_TOL, assert_close, make_decode_case
-
-F8 = ml_dtypes.float8_e4m3fn
-FORMATS = ("fp8_e4m3", "fp8_ds_mla")
-WIDTH = {"fp8_e4m3": 576, "fp8_ds_mla": 656}
-
-
-def nan_cache(num_pages, page_size, fmt):
-    """An fp8 cache whose every byte is an e4m3 NaN code (0x7F / 0xFF alternating); fp8_ds_mla
-    rows also get NaN float32 scales."""
-    cache = np.empty((num_pages, page_size, WIDTH[fmt]), dtype=np.uint8)
-    cache[..., 0::2] = 0x7F
-    cache[..., 1::2] = 0xFF
-    if fmt == "fp8_ds_mla":
-        cache[..., 512:528] = 0xFF  # 0xFFFFFFFF: NaN
-    return cache
-
-
-def dequantize(cache, fmt, kv_scale):
-    """[P, page, width] uint8 -> [P, page, 576] float32 values the cache stands for."""
-    if fmt == "fp8_e4m3":
-        return cache.view(F8).astype(np.float32) * np.float32(kv_scale)
-    latent = np.ascontiguousarray(cache[..., :512]).view(F8).astype(np.float32)
-    scales = np.ascontiguousarray(cache[..., 512:528]).view(np.float32)
-    rope = np.ascontiguousarray(cache[..., 528:656]).view(ml_dtypes.bfloat16).astype(np.float32)
-    return np.concatenate([latent * np.repeat(scales, 128, axis=-1), rope], axis=-1)
+from cases import (
+    F8,
+    FP8_FORMATS,
+    LSE_TOL,
+    OUT_TOL,
+    REFERENCE_OUT_TOL,
+    assert_close,
+    dequantize,
+    make_decode_case,
+    nan_cache,
+)
 
 
 def live_tokens(case):
@@ -44,7 +29,7 @@ def live_tokens(case):
             yield int(case.block_table[b, j // page_size]) * page_size + j % page_size, b, j
 
 
-@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("fmt", FP8_FORMATS)
 @pytest.mark.parametrize("reference", [False, True])
 def test_write_then_decode_matches_spec_on_dequantised_cache(fmt, reference):
     rng = np.random.default_rng(10)

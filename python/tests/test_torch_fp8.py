@@ -4,7 +4,6 @@ on the dequantised cache; an fp8_ds_mla uint8 cache likewise. On CUDA the writte
 equal the CPU's byte for byte. Skipped where torch is not installed; the CUDA cases (marked gpu)
 where torch or mla_decode sees no GPU."""
 
-import ml_dtypes
 import numpy as np
 import pytest
 
@@ -13,9 +12,7 @@ torch = pytest.importorskip("torch")
 import mla_decode  # noqa: E402
 import mla_decode.torch as mt  # noqa: E402
 import spec  # noqa: E402
-from cases import LSE_TOL, OUT_TOL, assert_close, make_decode_case  # noqa: E402
-
-F8 = ml_dtypes.float8_e4m3fn
+from cases import LSE_TOL, OUT_TOL, assert_close, dequantize, make_decode_case  # noqa: E402
 
 if not torch.cuda.is_available():
     NO_CUDA = "torch sees no CUDA device"
@@ -27,15 +24,6 @@ else:
     NO_CUDA = ""
 cuda_only = [pytest.mark.gpu, pytest.mark.skipif(bool(NO_CUDA), reason=NO_CUDA)]
 DEVICES = ["cpu", pytest.param("cuda", marks=cuda_only)]
-
-
-def dequantize(cache_bytes, fmt, kv_scale):
-    if fmt == "fp8_e4m3":
-        return cache_bytes.view(F8).astype(np.float32) * np.float32(kv_scale)
-    latent = np.ascontiguousarray(cache_bytes[..., :512]).view(F8).astype(np.float32)
-    scales = np.ascontiguousarray(cache_bytes[..., 512:528]).view(np.float32)
-    rope = np.ascontiguousarray(cache_bytes[..., 528:]).view(ml_dtypes.bfloat16).astype(np.float32)
-    return np.concatenate([latent * np.repeat(scales, 128, axis=-1), rope], axis=-1)
 
 
 def write(fmt, kv_c, k_pe, slots, shape, device):
