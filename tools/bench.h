@@ -2,6 +2,8 @@
 // they print (one row per workload, the measured ceilings of the same run beside it).
 #pragma once
 
+#include <cstddef>
+#include <cstdint>
 #include <string>
 #include <vector>
 
@@ -59,6 +61,31 @@ struct Ceilings {
 // Bytes and FLOP one decode call must move / do for `w` (the roofline's counts).
 void count_work(const BenchWorkload& w, const std::vector<int>& seq_lens, double* bytes,
                 double* flops);
+// Bytes of one cached token of `w`'s format: 576 values of q's type, 576 e4m3 codes or 656.
+size_t kv_token_bytes(const BenchWorkload& w);
+
+// The scale of the benchmarks' fp8_e4m3 caches.
+inline constexpr float kBenchKvScale = 1.0f / 448;
+// Random host data from an LCG (fast enough for gigabytes): `n` bf16/fp16 values in [-1, 1).
+std::vector<uint16_t> random_halves(int64_t n, DType dtype, uint32_t seed);
+// `tokens` cache rows of `w`'s format as 16-bit elements (fp8: bytes, two per element): random
+// values as random_halves, or random finite e4m3 codes (never the NaN codes) with fp8_ds_mla
+// scales 1/448 and bf16 RoPE values in [-1, 1).
+std::vector<uint16_t> random_kv_rows(int64_t tokens, const BenchWorkload& w, uint32_t seed);
+// A packed [num_pages, page_size, width] view of such rows on `device`, with its kv_format and
+// kv_scale set in `params` (DecodeParams or SparseDecodeParams).
+template <typename Params>
+void set_kv_cache(void* kv, int64_t num_pages, const BenchWorkload& w, Params* params,
+                  Device device = {}) {
+  if (w.kv_format == KvFormat::kSameAsQ) {
+    params->kv_cache = make_tensor(kv, w.dtype, {num_pages, w.page_size, kHeadDimQK}, device);
+    return;
+  }
+  const int64_t width = static_cast<int64_t>(kv_token_bytes(w));
+  params->kv_cache = make_tensor(kv, DType::kUInt8, {num_pages, w.page_size, width}, device);
+  params->kv_format = w.kv_format;
+  if (w.kv_format == KvFormat::kFp8E4M3) params->kv_scale = kBenchKvScale;
+}
 // seq_lens for `w`, deterministic for a seed.
 std::vector<int> make_seq_lens(const BenchWorkload& w, unsigned seed);
 // The eight rows of the spec's section 6.

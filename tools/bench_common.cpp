@@ -1,11 +1,26 @@
-// Workload definitions, roofline counts and the report shared by the CPU and CUDA drivers.
+// Workload definitions, roofline counts, host input data and the report shared by the CPU and
+// CUDA drivers.
 #include <algorithm>
 #include <cstdio>
+#include <cstring>
 #include <random>
 
 #include "bench.h"
+#include "harness.h"
 
 namespace mla::tools {
+
+size_t kv_token_bytes(const BenchWorkload& w) {
+  switch (w.kv_format) {
+    case KvFormat::kFp8E4M3:
+      return kHeadDimQK;
+    case KvFormat::kFp8DsMla:
+      return kFp8DsMlaTokenBytes;
+    case KvFormat::kSameAsQ:
+      break;
+  }
+  return kHeadDimQK * dtype_size(w.dtype);
+}
 
 void count_work(const BenchWorkload& w, const std::vector<int>& seq_lens, double* bytes,
                 double* flops) {
@@ -13,14 +28,44 @@ void count_work(const BenchWorkload& w, const std::vector<int>& seq_lens, double
   const double rows = static_cast<double>(w.h_q) * w.s_q;
   double tokens = 0;
   for (int len : seq_lens) tokens += len;
-  // Bytes of one cached token: 576 values of q's type, 576 e4m3 bytes, or 656 (fp8_ds_mla).
-  const double token_bytes = w.kv_format == KvFormat::kSameAsQ   ? kHeadDimQK * esize
-                             : w.kv_format == KvFormat::kFp8E4M3 ? kHeadDimQK
-                                                                 : kFp8DsMlaTokenBytes;
   // Each cached token is read once; q is read and out written once per row.
-  *bytes = tokens * token_bytes + w.batch * rows * (kHeadDimQK + kHeadDimV) * esize;
+  *bytes = tokens * static_cast<double>(kv_token_bytes(w)) +
+           w.batch * rows * (kHeadDimQK + kHeadDimV) * esize;
   // Per row and token: a 576-long dot product and a 512-wide multiply-add (2 FLOP each).
   *flops = 2.0 * rows * tokens * (kHeadDimQK + kHeadDimV);
+}
+
+std::vector<uint16_t> random_halves(int64_t n, DType dtype, uint32_t seed) {
+  std::vector<uint16_t> v(n);
+  uint32_t state = seed | 1u;
+  for (auto& x : v) {
+    state = state * 1664525u + 1013904223u;
+    const float f = static_cast<float>(state >> 8) * (2.0f / 16777216.0f) - 1.0f;
+    x = testing::to_half(f, dtype);
+  }
+  return v;
+}
+
+std::vector<uint16_t> random_kv_rows(int64_t tokens, const BenchWorkload& w, uint32_t seed) {
+  if (w.kv_format == KvFormat::kSameAsQ) return random_halves(tokens * kHeadDimQK, w.dtype, seed);
+  const int64_t width = static_cast<int64_t>(kv_token_bytes(w));
+  std::vector<uint16_t> v(tokens * width / 2);
+  uint8_t* bytes = reinterpret_cast<uint8_t*>(v.data());
+  uint32_t state = seed | 1u;
+  for (int64_t i = 0; i < tokens * width; ++i) {
+    state = state * 1664525u + 1013904223u;
+    const uint8_t code = static_cast<uint8_t>(state >> 24);
+    bytes[i] = (code & 0x7f) == 0x7f ? code ^ 1 : code;  // never the NaN codes
+  }
+  if (w.kv_format == KvFormat::kFp8DsMla) {
+    const std::vector<uint16_t> rope = random_halves(tokens * kHeadDimRope, DType::kBFloat16, seed);
+    const float scales[4] = {1.0f / 448, 1.0f / 448, 1.0f / 448, 1.0f / 448};
+    for (int64_t t = 0; t < tokens; ++t) {
+      std::memcpy(bytes + t * width + 512, scales, sizeof scales);
+      std::memcpy(bytes + t * width + 528, &rope[t * kHeadDimRope], 2 * kHeadDimRope);
+    }
+  }
+  return v;
 }
 
 std::vector<int> make_seq_lens(const BenchWorkload& w, unsigned seed) {

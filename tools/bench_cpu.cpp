@@ -6,7 +6,6 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
-#include <cstring>
 #include <numeric>
 #include <random>
 #include <thread>
@@ -47,63 +46,17 @@ struct HostInputs {
     }
     num_pages = std::max<int64_t>(num_pages, 1);
     const int64_t rows = static_cast<int64_t>(w.batch) * w.s_q * w.h_q;
-    if (w.kv_format == KvFormat::kSameAsQ) {
-      kv = random_halves(num_pages * w.page_size * kHeadDimQK, w.dtype, rng());
-    } else {
-      kv = random_fp8(num_pages * w.page_size, w.kv_format, rng());
-    }
+    kv = random_kv_rows(num_pages * w.page_size, w, rng());
     q = random_halves(rows * kHeadDimQK, w.dtype, rng());
     out.assign(rows * kHeadDimV, 0x7fc1);
     lse.assign(rows, 0.0f);
-  }
-
-  static std::vector<uint16_t> random_halves(int64_t n, DType dtype, uint32_t seed) {
-    std::vector<uint16_t> v(n);
-    uint32_t state = seed | 1u;
-    for (auto& x : v) {
-      state = state * 1664525u + 1013904223u;  // LCG: fast enough for gigabytes
-      const float f = static_cast<float>(state >> 8) * (2.0f / 16777216.0f) - 1.0f;
-      x = testing::to_half(f, dtype);
-    }
-    return v;
-  }
-
-  // fp8 rows (bytes, two per element of the returned vector): random finite e4m3 codes; for
-  // fp8_ds_mla scales 1/448 and bf16 RoPE values in [-1, 1).
-  static std::vector<uint16_t> random_fp8(int64_t tokens, KvFormat format, uint32_t seed) {
-    const int64_t width = format == KvFormat::kFp8E4M3 ? kHeadDimQK : kFp8DsMlaTokenBytes;
-    std::vector<uint16_t> v(tokens * width / 2);
-    uint8_t* bytes = reinterpret_cast<uint8_t*>(v.data());
-    uint32_t state = seed | 1u;
-    for (int64_t i = 0; i < tokens * width; ++i) {
-      state = state * 1664525u + 1013904223u;
-      const uint8_t code = static_cast<uint8_t>(state >> 24);
-      bytes[i] = (code & 0x7f) == 0x7f ? code ^ 1 : code;  // never the NaN codes
-    }
-    if (format == KvFormat::kFp8DsMla) {
-      const std::vector<uint16_t> rope =
-          random_halves(tokens * kHeadDimRope, DType::kBFloat16, seed);
-      const float scales[4] = {1.0f / 448, 1.0f / 448, 1.0f / 448, 1.0f / 448};
-      for (int64_t t = 0; t < tokens; ++t) {
-        std::memcpy(bytes + t * width + 512, scales, sizeof scales);
-        std::memcpy(bytes + t * width + 528, &rope[t * kHeadDimRope], 2 * kHeadDimRope);
-      }
-    }
-    return v;
   }
 
   DecodeParams params(const BenchWorkload& w, int batch) {
     DecodeParams p;
     const int64_t s = w.s_q, h = w.h_q;
     p.q = make_tensor(q.data(), w.dtype, {batch, s, h, kHeadDimQK});
-    if (w.kv_format == KvFormat::kSameAsQ) {
-      p.kv_cache = make_tensor(kv.data(), w.dtype, {num_pages, w.page_size, kHeadDimQK});
-    } else {
-      const int64_t width = w.kv_format == KvFormat::kFp8E4M3 ? kHeadDimQK : kFp8DsMlaTokenBytes;
-      p.kv_cache = make_tensor(kv.data(), DType::kUInt8, {num_pages, w.page_size, width});
-      p.kv_format = w.kv_format;
-      if (w.kv_format == KvFormat::kFp8E4M3) p.kv_scale = 1.0f / 448;
-    }
+    set_kv_cache(kv.data(), num_pages, w, &p);
     p.block_table = make_tensor(block_table.data(), DType::kInt32, {batch, max_pages});
     p.seq_lens = make_tensor(seq_lens.data(), DType::kInt32, {batch});
     p.out = make_tensor(out.data(), w.dtype, {batch, s, h, kHeadDimV});

@@ -115,19 +115,6 @@ __global__ void fill_fp8_kernel(uint8_t* p, size_t bytes, int width, uint64_t se
   }
 }
 
-// Bytes of one cached token of `w`'s format.
-size_t kv_token_bytes(const BenchWorkload& w) {
-  switch (w.kv_format) {
-    case KvFormat::kFp8E4M3:
-      return kHeadDimQK;
-    case KvFormat::kFp8DsMla:
-      return kFp8DsMlaTokenBytes;
-    case KvFormat::kSameAsQ:
-      break;
-  }
-  return kHeadDimQK * dtype_size(w.dtype);
-}
-
 // Random contents for a cache of `tokens` tokens in `w`'s format.
 void fill_kv(void* p, size_t tokens, const BenchWorkload& w, uint64_t seed, cudaStream_t stream) {
   if (w.kv_format == KvFormat::kSameAsQ) {
@@ -294,15 +281,7 @@ struct InputSet {
     const int64_t b = w.batch, s = w.s_q, h = w.h_q;
     DecodeParams p;
     p.q = make_tensor(q->get(), w.dtype, {b, s, h, kHeadDimQK}, dev);
-    if (w.kv_format == KvFormat::kSameAsQ) {
-      p.kv_cache = make_tensor(cache.get(), w.dtype, {m.num_pages, w.page_size, kHeadDimQK}, dev);
-    } else {
-      p.kv_cache =
-          make_tensor(cache.get(), DType::kUInt8,
-                      {m.num_pages, w.page_size, static_cast<int64_t>(kv_token_bytes(w))}, dev);
-      p.kv_format = w.kv_format;
-      if (w.kv_format == KvFormat::kFp8E4M3) p.kv_scale = 1.0f / 448;
-    }
+    set_kv_cache(cache.get(), m.num_pages, w, &p, dev);
     p.block_table = make_tensor(m.block_table->get(), DType::kInt32, {b, m.max_pages}, dev);
     p.seq_lens = make_tensor(m.seq_lens->get(), DType::kInt32, {b}, dev);
     p.out = make_tensor(out->get(), w.dtype, {b, s, h, kHeadDimV}, dev);

@@ -41,17 +41,8 @@ BenchResult bench_sparse_cpu(const BenchOptions& o, const BenchWorkload& w, int 
   std::iota(ids.begin(), ids.end(), 0);
   std::shuffle(ids.begin(), ids.end(), rng);
   const int64_t rows = int64_t{w.batch} * w.s_q * w.h_q;
-  auto random_halves = [&](int64_t n) {
-    std::vector<uint16_t> v(n);
-    uint32_t state = rng() | 1u;
-    for (auto& x : v) {
-      state = state * 1664525u + 1013904223u;
-      x = testing::to_half(static_cast<float>(state >> 8) * (2.0f / 16777216.0f) - 1.0f, w.dtype);
-    }
-    return v;
-  };
-  std::vector<uint16_t> kv = random_halves(num_pages * w.page_size * kHeadDimQK);
-  std::vector<uint16_t> q = random_halves(rows * kHeadDimQK);
+  std::vector<uint16_t> kv = random_kv_rows(num_pages * w.page_size, w, rng());
+  std::vector<uint16_t> q = random_halves(rows * kHeadDimQK, w.dtype, rng());
   std::vector<uint16_t> out(rows * kHeadDimV);
   std::vector<float> lse(rows);
   // topk distinct token positions of the request's context per query token (partial shuffle).
@@ -70,7 +61,7 @@ BenchResult bench_sparse_cpu(const BenchOptions& o, const BenchWorkload& w, int 
   }
   SparseDecodeParams p;
   p.q = make_tensor(q.data(), w.dtype, {w.batch, w.s_q, w.h_q, kHeadDimQK});
-  p.kv_cache = make_tensor(kv.data(), w.dtype, {num_pages, w.page_size, kHeadDimQK});
+  set_kv_cache(kv.data(), num_pages, w, &p);
   p.indices = make_tensor(indices.data(), DType::kInt32, {w.batch, w.s_q, topk});
   p.out = make_tensor(out.data(), w.dtype, {w.batch, w.s_q, w.h_q, kHeadDimV});
   p.lse = make_tensor(lse.data(), DType::kFloat32, {w.batch, w.s_q, w.h_q});
@@ -108,7 +99,8 @@ BenchResult bench_sparse_cpu(const BenchOptions& o, const BenchWorkload& w, int 
   // Each query token reads its topk chosen tokens once (shared by its heads); q read, out written.
   const double esize = static_cast<double>(dtype_size(w.dtype));
   const double selected = static_cast<double>(w.batch) * w.s_q * topk;
-  r.bytes = selected * kHeadDimQK * esize + rows * (kHeadDimQK + kHeadDimV) * esize;
+  r.bytes =
+      selected * static_cast<double>(kv_token_bytes(w)) + rows * (kHeadDimQK + kHeadDimV) * esize;
   r.flops = 2.0 * w.h_q * selected * (kHeadDimQK + kHeadDimV);
   return r;
 }
