@@ -1,5 +1,5 @@
 // bf16 / fp16 traits for the kernels: the storage type, packing two fp32 values with
-// round-to-nearest-even (and back), and which MMA flavour to issue.
+// round-to-nearest-even, and which MMA flavour to issue.
 #pragma once
 
 #include <cuda_bf16.h>
@@ -23,9 +23,6 @@ struct ElemTraits<detail::ElemType::kBFloat16> {
     const __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
     return *reinterpret_cast<const uint32_t*>(&v);
   }
-  __device__ __forceinline__ static float2 unpack(uint32_t v) {
-    return __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&v));
-  }
 };
 
 template <>
@@ -36,9 +33,6 @@ struct ElemTraits<detail::ElemType::kFloat16> {
   __device__ __forceinline__ static uint32_t pack(float lo, float hi) {
     const __half2 v = __floats2half2_rn(lo, hi);
     return *reinterpret_cast<const uint32_t*>(&v);
-  }
-  __device__ __forceinline__ static float2 unpack(uint32_t v) {
-    return __half22float2(*reinterpret_cast<const __half2*>(&v));
   }
 };
 

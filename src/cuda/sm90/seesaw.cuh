@@ -457,20 +457,6 @@ struct SeesawCta {
     }
   }
 
-  // Packed P times a[i] for rows g + 8 i, when any a differs from 1 in the warp (rounded twice
-  // then, at most one more unit in the last place of P's 16-bit type).
-  __device__ static void scale_packed(uint32_t (&pa)[16], const float (&a)[2]) {
-    if (!__any_sync(0xffffffffu, a[0] != 1.0f || a[1] != 1.0f)) return;
-#pragma unroll
-    for (int nt = 0; nt < Cfg::kBlockN / 8; ++nt) {
-#pragma unroll
-      for (int i = 0; i < 2; ++i) {
-        const float2 v = Traits::unpack(pa[2 * nt + i]);
-        pa[2 * nt + i] = Traits::pack(v.x * a[i], v.y * a[i]);
-      }
-    }
-  }
-
   // Packed P to the shared tile `which` (one swizzled slab: row rr, token tok).
   __device__ void store_p(const uint32_t (&pa)[16], int which, int band, int g, int c) {
 #pragma unroll
