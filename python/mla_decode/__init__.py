@@ -112,6 +112,16 @@ def _empty(like, shape, dtype=None):
     )
 
 
+def _outputs(q, shape, out, lse, return_lse):
+    """out and lse of a call on q with shape (batch, s_q, h_q): those given, else new ones (lse
+    only with return_lse)."""
+    if out is None:
+        out = _empty(q, shape + (HEAD_DIM_V,))
+    if lse is None and return_lse:
+        lse = _empty(q, shape, "float32")
+    return out, lse
+
+
 def _stream(like, stream):
     if stream is not None:
         return int(stream)
@@ -224,10 +234,7 @@ def decode(
     _require("mla::decode", q=q, kv_cache=kv_cache, block_table=block_table, seq_lens=seq_lens)
     batch, s_q, h_q = _query_shape("mla::decode", q)
     lse_given = lse is not None
-    if out is None:
-        out = _empty(q, (batch, s_q, h_q, HEAD_DIM_V))
-    if lse is None and return_lse:
-        lse = _empty(q, (batch, s_q, h_q), "float32")
+    out, lse = _outputs(q, (batch, s_q, h_q), out, lse, return_lse)
     if workspace is None:
         try:
             workspace = alloc_workspace(q, batch, s_q, h_q, num_threads=num_threads)

@@ -18,7 +18,7 @@ from torch import Tensor
 
 from . import _C, _bytes, _query_shape, _require
 from .errors import MlaError
-from .torch import HEAD_DIM_V, _aligned_bytes, _detached, _op_scale, _split_scale, _stream
+from .torch import _aligned_bytes, _detached, _op_scale, _outputs, _split_scale, _stream
 
 
 def sparse_workspace_size(batch: int, s_q: int, h_q: int, topk: int, device="cpu") -> int:
@@ -102,11 +102,7 @@ def sparse_decode(
     or 0-dim float32 tensor such as vLLM's k_scale) as in mla_decode.torch.decode."""
     _require("mla::sparse_decode", q=q, kv_cache=kv_cache, indices=indices)
     lse_given = lse is not None
-    batch, s_q, h_q = _query_shape("mla::sparse_decode", q)
-    if out is None:
-        out = q.new_empty((batch, s_q, h_q, HEAD_DIM_V))
-    if lse is None and return_lse:
-        lse = torch.empty((batch, s_q, h_q), dtype=torch.float32, device=q.device)
+    out, lse = _outputs(q, out, lse, return_lse, "mla::sparse_decode")
     torch.ops.mla_decode.sparse_decode(
         q,
         q_pe,

@@ -74,15 +74,12 @@ def sparse_decode(
     [num_pages, page_size, 656] cache whose tokens carry their own scales).
     out: [batch, s_q, h_q, 512]; lse: [batch, s_q, h_q] float32, any strides.
     """
-    from . import HEAD_DIM_V, _bytes, _empty, _query_shape, _require, _scale, _stream
+    from . import _bytes, _empty, _outputs, _query_shape, _require, _scale, _stream
 
     _require("mla::sparse_decode", q=q, kv_cache=kv_cache, indices=indices)
     batch, s_q, h_q = _query_shape("mla::sparse_decode", q)
     lse_given = lse is not None
-    if out is None:
-        out = _empty(q, (batch, s_q, h_q, HEAD_DIM_V))
-    if lse is None and return_lse:
-        lse = _empty(q, (batch, s_q, h_q), "float32")
+    out, lse = _outputs(q, (batch, s_q, h_q), out, lse, return_lse)
     if workspace is None:
         try:
             topk = tuple(getattr(indices, "shape", (0, 0, 0)))[-1]

@@ -317,8 +317,11 @@ def _split_scale(kv_scale) -> Tuple[float, Optional[Tensor]]:
     return float(kv_scale), None
 
 
-def _outputs(q: Tensor, out: Optional[Tensor], lse: Optional[Tensor], return_lse: bool):
-    batch, s_q, h_q = _query_shape("mla::decode", q)
+def _outputs(
+    q: Tensor, out: Optional[Tensor], lse: Optional[Tensor], return_lse: bool, fn: str = "mla::decode"
+):
+    """out and lse of a call on q: those given, else new ones (lse only with return_lse)."""
+    batch, s_q, h_q = _query_shape(fn, q)
     if out is None:
         out = q.new_empty((batch, s_q, h_q, HEAD_DIM_V))
     if lse is None and return_lse:

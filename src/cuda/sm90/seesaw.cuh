@@ -92,7 +92,8 @@ __device__ __forceinline__ uint32_t swizzled(uint32_t base, uint32_t slab_bytes,
   return base + (chunk >> 3) * slab_bytes + row * 128 + (((chunk & 7) ^ (row & 7)) << 4);
 }
 
-// Where the KV tiles come from: a tensor map of the cache (page_size >= 64) or plain addresses.
+// Where the KV tiles come from: a tensor map of the cache (page_size >= kMinTmaPageSize) or plain
+// addresses (cp.async).
 struct KvSource {
   CUtensorMap map;  // 3-D (576 columns, page_size tokens, num_pages), 64 x 64 boxes, 128B swizzle
   int32_t use_tma;
